@@ -1,0 +1,30 @@
+# Two entry points (see README.md): `make demo` runs the main job on the demo
+# model, `make test` runs the test suite. Each sets up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch: a bare `torch` requirement would pull several GB of
+# CUDA packages. On machines where pip's index has no CPU wheel of this version,
+# run e.g. `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test clean
+
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[host,device,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/edgekit profiles show cpu
+
+test: venv
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

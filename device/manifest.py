@@ -1,0 +1,190 @@
+"""The bundle contract: ``manifest.json`` (format ``edgekit-bundle/1``).
+
+This module is the one place the manifest's shape is written down. The host
+writes bundles with edgekit.host.bundle (which imports the names below); the
+agent reads them with :func:`load_bundle`. Python 3.8, stdlib only.
+
+Layout::
+
+    bundle/
+      manifest.json
+      models/<variant>.onnx           one per variant
+      models/<variant>.calib.cache    TensorRT calibration table, when written
+      reports/...                      pruning reports (JSON, PNG)
+      eval/images/..., eval/instances.json   optional evaluation set
+
+manifest.json::
+
+    format          "edgekit-bundle/1"
+    name            bundle name (str)
+    created         ISO 8601 UTC time
+    edgekit_version version of the host that wrote it
+    profile         the resolved profile (edgekit.host.profiles.Profile.to_dict)
+    task            "detect" | "classify"
+    model           {source, params, macs, ...}: where the model came from
+    input           {name, shape [1, 3, H, W], dtype}
+    outputs         [{name, shape}]
+    preprocess      edgekit.calibration.preprocess.PreprocessSpec.to_dict()
+    postprocess     edgekit.device.postprocess.PostprocessSpec.to_dict() (detect),
+                    {layout: "logits", class_names, top_k} (classify)
+    eval            null, or {images: dir, annotations: file (detect) | labels: file (classify), count}
+    variants        [{name, precision, file, prune, calibration, quantization,
+                      sparsity, simplified, parity, host_metrics, notes}]
+    files           {relative path: {sha256, size}} for every file but manifest.json
+
+Paths in the manifest are relative POSIX paths that stay inside the bundle.
+"""
+import hashlib
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+from .errors import EdgekitError
+
+FORMAT = "edgekit-bundle/1"
+MANIFEST_NAME = "manifest.json"
+TASKS = ("detect", "classify")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+REQUIRED_KEYS = ("format", "name", "created", "edgekit_version", "profile", "task", "input", "preprocess", "postprocess", "variants", "files")
+VARIANT_KEYS = ("name", "precision", "file")
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_relative_path(rel: str, what: str = "path") -> str:
+    """Reject manifest paths that are absolute or climb out of the bundle."""
+    if not isinstance(rel, str) or not rel:
+        raise EdgekitError("manifest %s %r is not a file name" % (what, rel), "rebuild the bundle with edgekit build")
+    norm = rel.replace("\\", "/")
+    parts = norm.split("/")
+    if norm.startswith("/") or ".." in parts or (len(parts[0]) == 2 and parts[0][1] == ":"):
+        raise EdgekitError(
+            "manifest %s %r leaves the bundle" % (what, rel),
+            "refusing to use it; rebuild the bundle with edgekit build",
+        )
+    return norm
+
+
+def resolve(bundle_dir: str, rel: str, what: str = "path") -> str:
+    """Absolute path of a manifest path, guaranteed inside bundle_dir (symlinks included)."""
+    norm = check_relative_path(rel, what)
+    root = os.path.realpath(bundle_dir)
+    path = os.path.realpath(os.path.join(root, *norm.split("/")))
+    if path != root and not path.startswith(root + os.sep):
+        raise EdgekitError("manifest %s %r points outside the bundle" % (what, rel), "refusing to use it; rebuild the bundle")
+    return path
+
+
+def validate_manifest(data: Any, where: str = MANIFEST_NAME) -> Dict[str, Any]:
+    """Check the manifest's shape; raises EdgekitError naming the bad key."""
+    if not isinstance(data, dict):
+        raise EdgekitError("%s is not a JSON object" % where, "rebuild the bundle with edgekit build")
+    fmt = data.get("format")
+    if fmt != FORMAT:
+        raise EdgekitError(
+            "%s has format %r, this agent reads %r" % (where, fmt, FORMAT),
+            "deploy an agent that matches the host's edgekit version",
+        )
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            raise EdgekitError("%s lacks key '%s'" % (where, key), "rebuild the bundle with edgekit build")
+    if data["task"] not in TASKS:
+        raise EdgekitError("%s: key 'task' is %r, expected one of %s" % (where, data["task"], ", ".join(TASKS)), "rebuild the bundle")
+    if not isinstance(data["variants"], list) or not data["variants"]:
+        raise EdgekitError("%s: key 'variants' is empty" % where, "rebuild the bundle with at least one variant")
+    names = set()
+    for i, variant in enumerate(data["variants"]):
+        for key in VARIANT_KEYS:
+            if not isinstance(variant, dict) or key not in variant:
+                raise EdgekitError("%s: variants[%d] lacks key '%s'" % (where, i, key), "rebuild the bundle")
+        if variant["precision"] not in PRECISIONS:
+            raise EdgekitError("%s: variants[%d].precision is %r" % (where, i, variant["precision"]), "rebuild the bundle")
+        if variant["name"] in names:
+            raise EdgekitError("%s: variant name %r appears twice" % (where, variant["name"]), "rebuild the bundle")
+        names.add(variant["name"])
+        check_relative_path(variant["file"], "variants[%d].file" % i)
+        if variant["file"] not in data["files"]:
+            raise EdgekitError("%s: variants[%d].file %r is not listed in 'files'" % (where, i, variant["file"]), "rebuild the bundle")
+    if not isinstance(data["files"], dict):
+        raise EdgekitError("%s: key 'files' must be an object" % where, "rebuild the bundle")
+    for rel, entry in data["files"].items():
+        check_relative_path(rel, "file")
+        if not isinstance(entry, dict) or "sha256" not in entry or "size" not in entry:
+            raise EdgekitError("%s: files[%r] needs sha256 and size" % (where, rel), "rebuild the bundle")
+    ev = data.get("eval")
+    if ev:
+        for key in ("images", "annotations", "labels"):
+            if ev.get(key):
+                check_relative_path(ev[key], "eval.%s" % key)
+    return data
+
+
+def read_manifest(bundle_dir: str) -> Dict[str, Any]:
+    path = os.path.join(bundle_dir, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise EdgekitError("%s has no %s" % (bundle_dir, MANIFEST_NAME), "pass a bundle directory written by edgekit build")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as exc:
+        raise EdgekitError("%s is not valid JSON (%s)" % (path, exc), "the bundle is damaged; copy it again")
+    return validate_manifest(data, path)
+
+
+def manifest_sha256(bundle_dir: str) -> str:
+    return sha256_file(os.path.join(bundle_dir, MANIFEST_NAME))
+
+
+def verify_files(bundle_dir: str, manifest: Dict[str, Any], only: Optional[List[str]] = None) -> List[str]:
+    """Hash-check the bundle's files; returns one problem string per bad file."""
+    problems = []
+    for rel, entry in sorted(manifest["files"].items()):
+        if only is not None and rel not in only:
+            continue
+        path = resolve(bundle_dir, rel, "file")
+        if not os.path.isfile(path):
+            problems.append("%s is missing" % rel)
+            continue
+        size = os.path.getsize(path)
+        if size != entry["size"]:
+            problems.append("%s has %d bytes, the manifest says %d" % (rel, size, entry["size"]))
+            continue
+        if sha256_file(path) != entry["sha256"]:
+            problems.append("%s does not match its sha256 in the manifest" % rel)
+    return problems
+
+
+def load_bundle(bundle_dir: str, verify: bool = True) -> Dict[str, Any]:
+    """Read and validate a bundle's manifest, and (by default) check every file's hash."""
+    if not os.path.isdir(bundle_dir):
+        raise EdgekitError("bundle %s is not a directory" % bundle_dir, "pass the folder written by edgekit build (unpack a .tar first)")
+    manifest = read_manifest(bundle_dir)
+    if verify:
+        problems = verify_files(bundle_dir, manifest)
+        if problems:
+            more = " (and %d more)" % (len(problems) - 1) if len(problems) > 1 else ""
+            raise EdgekitError("bundle %s failed verification: %s%s" % (bundle_dir, problems[0], more), "copy the bundle again or rebuild it")
+    return manifest
+
+
+def find_variant(manifest: Dict[str, Any], name: str) -> Dict[str, Any]:
+    for variant in manifest["variants"]:
+        if variant["name"] == name:
+            return variant
+    raise EdgekitError(
+        "bundle %s has no variant %r" % (manifest.get("name"), name),
+        "use one of %s" % ", ".join(v["name"] for v in manifest["variants"]),
+    )

@@ -1,0 +1,123 @@
+"""The agent result contract (format ``edgekit-result/1``).
+
+The agent prints one such JSON object on stdout (or writes it with --out); the
+host stores it under results/<target>/<bundle>/<time>.json and reads it back
+for reports. This module is the one place its shape is written down; both
+sides build and check results through it. Python 3.8, stdlib only.
+
+Top level::
+
+    format           "edgekit-result/1"
+    edgekit_version  agent version
+    command          "run" | "bench" | "eval"
+    started, finished  ISO 8601 UTC
+    ok               true when every requested run succeeded and passed the drift gate
+    device           the agent's `info` (hostname, board, l4t, jetpack, cpu, memory_mb,
+                     gpu, runtimes {onnxruntime, tensorrt, cuda}, providers, power_mode, ...)
+    bundle           {name, manifest_sha256, path}
+    settings         {warmup, warmup_seconds, iterations, min_seconds, threads, max_drift, ...}
+    runs             [run, ...] one per variant x backend
+    warnings         [str]    e.g. throttling, calibration cache not accepted
+    errors           [str]    problems outside any one run
+
+A run::
+
+    variant, precision, backend ("tensorrt" | "onnxruntime"), provider
+    status           "ok" | "failed" | "skipped"
+    error            null or one line saying what went wrong and the fix
+    latency_ms       {mean, std, min, p50, p90, p95, p99, max}  (inference only, like trtexec's GPU compute)
+    throughput_fps   1000 / mean latency
+    stages_ms        {preprocess, inference, postprocess}: each {mean, p50, p99} on real images
+    end_to_end_ms    {mean, p50, p99}: preprocess + inference + postprocess per image
+    iterations, warmup
+    memory           {peak_rss_mb, gpu_mb (or null)}
+    engine           null, or {build_s, cache_hit, cache_key, path}
+    accuracy         null, or {metric: "coco_map" | "top1", stats {12 COCO names or top1/top5},
+                      images, host_reference, drift, passed}
+    environment      {governor, power_mode, clocks, temperature_c: {start, end}, throttled}
+"""
+import datetime
+from typing import Any, Dict, List, Optional
+
+from ._version import __version__
+
+FORMAT = "edgekit-result/1"
+STATUSES = ("ok", "failed", "skipped")
+LATENCY_KEYS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def new_result(command: str, device: Dict[str, Any], bundle: Dict[str, Any], settings: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "edgekit_version": __version__,
+        "command": command,
+        "started": utc_now(),
+        "finished": None,
+        "ok": False,
+        "device": device,
+        "bundle": bundle,
+        "settings": settings,
+        "runs": [],
+        "warnings": [],
+        "errors": [],
+    }
+
+
+def new_run(variant: str, precision: str, backend: str, provider: Optional[str] = None) -> Dict[str, Any]:
+    return {
+        "variant": variant,
+        "precision": precision,
+        "backend": backend,
+        "provider": provider,
+        "status": "skipped",
+        "error": None,
+        "latency_ms": None,
+        "throughput_fps": None,
+        "stages_ms": None,
+        "end_to_end_ms": None,
+        "iterations": 0,
+        "warmup": 0,
+        "memory": None,
+        "engine": None,
+        "accuracy": None,
+        "environment": None,
+    }
+
+
+def finish(result: Dict[str, Any]) -> Dict[str, Any]:
+    """Stamp the end time and decide ``ok``: no errors, every run ok, every gate passed."""
+    result["finished"] = utc_now()
+    runs = result["runs"]
+    result["ok"] = bool(runs) and not result["errors"] and all(
+        r["status"] == "ok" and (r.get("accuracy") is None or r["accuracy"].get("passed", True) is not False) for r in runs
+    )
+    return result
+
+
+def validate_result(data: Any, where: str = "result") -> List[str]:
+    """Problems with a result's shape (empty when it is well formed)."""
+    problems = []
+    if not isinstance(data, dict):
+        return ["%s is not a JSON object" % where]
+    if data.get("format") != FORMAT:
+        problems.append("%s has format %r, expected %r" % (where, data.get("format"), FORMAT))
+    for key in ("device", "bundle", "runs", "ok"):
+        if key not in data:
+            problems.append("%s lacks key '%s'" % (where, key))
+    for i, run in enumerate(data.get("runs") or []):
+        for key in ("variant", "precision", "backend", "status"):
+            if key not in run:
+                problems.append("%s: runs[%d] lacks '%s'" % (where, i, key))
+        if run.get("status") not in STATUSES:
+            problems.append("%s: runs[%d].status is %r" % (where, i, run.get("status")))
+        if run.get("status") == "ok":
+            lat = run.get("latency_ms") or {}
+            missing = [k for k in LATENCY_KEYS if k not in lat]
+            if missing:
+                problems.append("%s: runs[%d].latency_ms lacks %s" % (where, i, ", ".join(missing)))
+    return problems

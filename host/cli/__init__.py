@@ -1,0 +1,1 @@
+"""The `edgekit` command line: thin click commands over library functions."""
