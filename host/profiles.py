@@ -309,6 +309,8 @@ def _load_chain(ref: str, relative_to: Optional[str], seen: Tuple[str, ...]) -> 
         raise EdgekitError("%s: key 'extends' makes a cycle (%s)" % (path, chain), "remove one of the 'extends' lines")
     data = _read_toml(path)
     _check_keys(path, data)
+    # A profile's name is its own (or its file's), never inherited from its parent.
+    data.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     chain = seen + (path,)
     parent = data.get("extends")
     if parent is None:
@@ -331,7 +333,7 @@ def load_profile(ref: str) -> Profile:
     resolved.update({k: v for k, v in data.items() if k not in SECTIONS})
     if "runtime" not in resolved:
         raise EdgekitError("%s: key 'runtime' is missing" % path, "set runtime = \"onnxruntime\" or \"tensorrt\" (or extends a built-in profile)")
-    name = resolved.get("name") or os.path.splitext(os.path.basename(path))[0]
+    name = resolved["name"]
     if resolved["runtime"] == "onnxruntime" and "fp16" in resolved["variants"]:
         # ORT's CPU provider runs fp16 graphs by casting back to fp32: not a real variant.
         if resolved["providers"] == ["CPUExecutionProvider"]:
