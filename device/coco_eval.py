@@ -55,7 +55,10 @@ class DetectionCollector(object):
                     "category_id": int(cats[i]),
                     # COCO's own results are rounded to 3 decimals as well.
                     "bbox": [round(float(x1[i]), 3), round(float(y1[i]), 3), round(float(w[i]), 3), round(float(h[i]), 3)],
-                    "score": round(float(scores[i]), 5),
+                    # Scores stay exact: rounding makes ties, and COCOeval breaks ties by
+                    # insertion order, so a model with close scores would get an mAP that
+                    # depends on the order the images were evaluated in.
+                    "score": float(scores[i]),
                 }
             )
 

@@ -30,6 +30,19 @@ manifest.json::
     eval            null, or {images: dir, annotations: file (detect) | labels: file (classify), count}
     variants        [{name, precision, file, prune, calibration, quantization,
                       sparsity, simplified, parity, host_metrics, notes}]
+                    as edgekit build writes them (docs/build.md has every field):
+                      name         "fp32", "int8", "p30-int8" (30 % pruned), ...
+                      graph_precision  fp16 only: "fp32" when the file is the fp32
+                                   graph (TensorRT < 11 builds fp16 with its builder
+                                   flag; the host has no fp16 metrics), "fp16" for an
+                                   fp16 graph (fp32 inputs and outputs)
+                      calibration  null, or {method, images, skipped_images,
+                                   trt_cache: "models/<v>.calib.cache" (TensorRT
+                                   implicit INT8), trt_cache_graph: the fp32 graph it
+                                   pairs with}
+                      simplified   {simplified, reason, nodes_before, nodes_after, ...}
+                      parity       null, or {images, max_abs_error, cosine, ok, ...}
+                      host_metrics null, or the 12 COCO stats by name + images, runtime
     files           {relative path: {sha256, size}} for every file but manifest.json
 
 Paths in the manifest are relative POSIX paths that stay inside the bundle.

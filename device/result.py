@@ -31,10 +31,13 @@ A run::
     end_to_end_ms    {mean, p50, p99}: preprocess + inference + postprocess per image
     iterations, warmup
     memory           {peak_rss_mb, gpu_mb (or null)}
-    engine           null, or {build_s, cache_hit, cache_key, path}
+    engine           null, or {build_s, cache_hit, cache_key, path} (TensorRT adds tensorrt, cuda,
+                      api, flags, int8_mode, dla_core)
     accuracy         null, or {metric: "coco_map" | "top1", stats {12 COCO names or top1/top5},
-                      images, host_reference, drift, passed}
-    environment      {governor, power_mode, clocks, temperature_c: {start, end}, throttled}
+                      images, host_reference, drift (device - host), max_drift,
+                      passed (null: not gated, e.g. no reference or a subset), note}
+    environment      {governor, power_mode, clocks {start, end}, temperature_c: {start, end, zones_end},
+                      throttled, throttle_reasons}
 """
 import datetime
 from typing import Any, Dict, List, Optional

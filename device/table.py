@@ -1,0 +1,150 @@
+"""Plain-text tables for a person at a terminal (stdout is a TTY).
+
+No third-party packages: the agent runs on boards that have only Python.
+"""
+from typing import Any, Dict, List, Optional, Sequence
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "%.*f" % (digits, value)
+    return str(value)
+
+
+def grid(headers: Sequence[str], rows: List[Sequence[str]], right: Sequence[bool]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for i, cell in enumerate(cells):
+            out.append(cell.rjust(widths[i]) if right[i] else cell.ljust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep] + [line(r) for r in rows])
+
+
+def _stage(run: Dict[str, Any], stage: str) -> Optional[float]:
+    stages = run.get("stages_ms") or {}
+    entry = stages.get(stage) or {}
+    return entry.get("p50")
+
+
+def device_line(device: Dict[str, Any]) -> str:
+    cpu = device.get("cpu") or {}
+    parts = [device.get("hostname") or "?"]
+    if device.get("board"):
+        parts.append(device["board"])
+    if device.get("jetpack"):
+        parts.append("JetPack %s (L4T %s)" % (device["jetpack"], device.get("l4t")))
+    parts.append("%s, %s cores" % (cpu.get("model") or "CPU", cpu.get("cores")))
+    for gpu in device.get("gpu") or []:
+        parts.append("GPU %s (sm %s)" % (gpu.get("name"), gpu.get("compute_capability")))
+    runtimes = device.get("runtimes") or {}
+    for name in ("tensorrt", "onnxruntime"):
+        if runtimes.get(name):
+            parts.append("%s %s" % (name, runtimes[name]))
+    mode = device.get("power_mode")
+    if mode:
+        parts.append("power mode %s" % mode.get("name"))
+    return ", ".join(parts)
+
+
+def render_result(result: Dict[str, Any]) -> str:
+    bundle = result.get("bundle") or {}
+    sha = (bundle.get("manifest_sha256") or "")[:12]
+    lines = [
+        "edgekit-agent %s: bundle %s%s" % (result.get("command"), bundle.get("name"), " (manifest %s)" % sha if sha else ""),
+        "device: %s" % device_line(result.get("device") or {}),
+        "",
+    ]
+    headers = ["variant", "backend", "status", "p50 ms", "p90 ms", "p99 ms", "mean ms", "fps", "pre ms", "infer ms", "post ms", "metric", "value", "drift", "peak MB"]
+    right = [False, False, False] + [True] * 8 + [False] + [True] * 3
+    rows = []
+    for run in result.get("runs") or []:
+        lat = run.get("latency_ms") or {}
+        acc = run.get("accuracy") or {}
+        stats = acc.get("stats") or {}
+        metric = acc.get("metric")
+        key = {"coco_map": "map", "top1": "top1"}.get(metric or "")
+        mem = run.get("memory") or {}
+        backend = run.get("backend") or ""
+        if run.get("provider"):
+            backend = "%s/%s" % (backend, str(run["provider"]).replace("ExecutionProvider", ""))
+        drift = acc.get("drift")
+        drift_cell = "-" if drift is None else "%+.4f%s" % (drift, "" if acc.get("passed") is not False else " FAIL")
+        rows.append(
+            [
+                run.get("variant") or "?",
+                backend,
+                run.get("status") or "?",
+                _fmt(lat.get("p50")),
+                _fmt(lat.get("p90")),
+                _fmt(lat.get("p99")),
+                _fmt(lat.get("mean")),
+                _fmt(run.get("throughput_fps"), 1),
+                _fmt(_stage(run, "preprocess")),
+                _fmt(_stage(run, "inference")),
+                _fmt(_stage(run, "postprocess")),
+                {"coco_map": "mAP", "top1": "top-1"}.get(metric or "", "-"),
+                _fmt(stats.get(key) if key else None, 4),
+                drift_cell,
+                _fmt(mem.get("peak_rss_mb"), 0),
+            ]
+        )
+    lines.append(grid(headers, rows, right))
+    problems = [(r.get("variant"), r.get("error")) for r in result.get("runs") or [] if r.get("error")]
+    if problems or result.get("errors") or result.get("warnings"):
+        lines.append("")
+    for variant, error in problems:
+        lines.append("%s: %s" % (variant, error))
+    for error in result.get("errors") or []:
+        lines.append("error: %s" % error)
+    for warning in result.get("warnings") or []:
+        lines.append("warning: %s" % warning)
+    lines.append("")
+    lines.append("ok" if result.get("ok") else "NOT ok")
+    return "\n".join(lines) + "\n"
+
+
+def render_info(info: Dict[str, Any]) -> str:
+    lines = []
+
+    def add(key: str, value: Any) -> None:
+        lines.append("%-14s %s" % (key, _fmt(value)))
+
+    cpu = info.get("cpu") or {}
+    mem = info.get("memory_mb") or {}
+    add("hostname", info.get("hostname"))
+    add("board", info.get("board"))
+    add("l4t", info.get("l4t"))
+    add("jetpack", info.get("jetpack"))
+    add("os", "%s, kernel %s, %s" % ((info.get("os") or {}).get("name"), (info.get("os") or {}).get("kernel"), (info.get("os") or {}).get("arch")))
+    add("python", info.get("python"))
+    add("cpu", "%s (%s cores, %s available)" % (cpu.get("model"), cpu.get("cores"), cpu.get("available")))
+    add("memory", "%s MB (%s MB available)" % (mem.get("total"), mem.get("available")))
+    gpus = info.get("gpu") or []
+    add("gpu", ", ".join("%s (sm %s, %s MB)" % (g.get("name"), g.get("compute_capability"), g.get("memory_mb")) for g in gpus) or None)
+    add("cuda driver", (info.get("cuda") or {}).get("driver"))
+    add("governor", ", ".join(info.get("governor") or []) or None)
+    mode = info.get("power_mode")
+    add("power mode", "%s (%s)" % (mode.get("name"), mode.get("id")) if mode else None)
+    for name, version in sorted((info.get("runtimes") or {}).items()):
+        add(name, version if version else "missing (%s)" % (info.get("problems") or {}).get(name, "not installed"))
+    add("providers", ", ".join(info.get("providers") or []) or None)
+    return "\n".join(lines) + "\n"
+
+
+def render_doctor(report: Dict[str, Any]) -> str:
+    headers = ["check", "status", "found", "needed for", "fix"]
+    rows = []
+    for check in report.get("checks") or []:
+        status = "ok" if check["ok"] else ("MISSING" if check.get("required") else "missing (optional)")
+        rows.append([check["name"], status, _fmt(check.get("found")), check.get("needed_for") or "", "" if check["ok"] else (check.get("fix") or "")])
+    text = grid(headers, rows, [False] * 5)
+    return text + "\n\n" + ("ready" if report.get("ok") else "NOT ready: install what is marked MISSING") + "\n"
