@@ -1,0 +1,115 @@
+"""The deploy pipeline: interrupted deploys resume; Ctrl-C and --timeout leave nothing running."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from edgekit.host.deploy.events import RecordingEvents
+from edgekit.host.deploy.pipeline import DeployOptions
+from edgekit.host.deploy.service import deploy
+from edgekit.host.deploy.targets import parse_target
+
+pytestmark = pytest.mark.ssh
+MB = 1024 * 1024
+
+
+def _agent_processes(marker):
+    """Agent `run` processes whose command line mentions ``marker`` (our remote dir)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if any(marker.encode() in a for a in argv) and b"run" in argv:
+                found.append(int(pid))
+    return found
+
+
+def test_interrupted_deploy_resumes_and_sends_only_the_rest(sshd, ssh_options, synthetic_bundle, agent_pyz, tmp_path, remote_python):
+    import random
+
+    size = 16 * MB
+    bundle = synthetic_bundle("resume me", {"models/fp32.onnx": random.Random(7).randbytes(size), "eval/x.json": b"{}"})
+    (tmp_path / "c").write_text("")
+    target = parse_target(sshd.target, ssh_config=str(tmp_path / "c"))
+    options = DeployOptions(remote_dir=str(tmp_path / "remote"), python=remote_python, run=False, results_dir=str(tmp_path / "results"))
+    cancel = threading.Event()
+
+    class CutHalfway(RecordingEvents):
+        sent = 0
+
+        def transfer(self, target, nbytes):
+            self.sent += nbytes
+            if self.sent > size // 2:
+                cancel.set()  # what Ctrl-C does in a fleet
+
+    first = deploy([target], bundle, ssh_options, options, events=CutHalfway(), agent=agent_pyz[0], cancel=cancel)[0]
+    assert not first.ok and "interrupted" in first.error
+    events = RecordingEvents()
+    second = deploy([target], bundle, ssh_options, options, events=events, agent=agent_pyz[0])[0]
+    assert second.ok, second.error
+    stats = second.sync
+    assert stats.files_resumed == 1
+    assert 0 < stats.bytes_sent < size * 0.6  # only what was missing travelled
+    assert sum(c[2] for c in events.calls if c[0] == "transfer") == stats.bytes_sent
+    third = deploy([target], bundle, ssh_options, options, agent=agent_pyz[0])[0]
+    assert third.ok and third.sync.bytes_sent == 0 and third.sync.files_present == third.sync.files_total
+
+
+def _start_long_deploy(sshd, cpu_bundle, agent_pyz, edgekit_cli, remote, *extra):
+    args = [
+        sys.executable, "-c", "from edgekit.host.cli.main import main; main()", "deploy", sshd.target, "--bundle", cpu_bundle,
+        "--agent", agent_pyz[0], "-i", sshd.client_key, "--known-hosts", sshd.known_hosts, "--remote-dir", remote,
+        "--python", sys.executable, "--variant", "fp32", "--iterations", "1000000", "--warmup", "1",
+    ] + list(extra)
+    return subprocess.Popen(args, cwd=str(edgekit_cli.cwd), env=edgekit_cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_run_stage(proc, marker, within=60):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if _agent_processes(marker + "/agent/"):
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_ctrl_c_stops_the_remote_agent(sshd, cpu_bundle, agent_pyz, edgekit_cli, tmp_path):
+    remote = str(tmp_path / "remote ctrl-c")
+    proc = _start_long_deploy(sshd, cpu_bundle, agent_pyz, edgekit_cli, remote)
+    try:
+        assert _wait_for_run_stage(proc, remote), proc.communicate()[1]
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "error: interrupted" in err
+    deadline = time.monotonic() + 10
+    while _agent_processes(remote + "/agent/") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _agent_processes(remote + "/agent/") == []
+
+
+def test_timeout_stops_the_remote_agent(sshd, cpu_bundle, agent_pyz, edgekit_cli, tmp_path):
+    remote = str(tmp_path / "remote timeout")
+    proc = _start_long_deploy(sshd, cpu_bundle, agent_pyz, edgekit_cli, remote, "--timeout", "8")
+    try:
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, err
+    assert "did not finish within 8s" in err and "Traceback" not in err
+    assert _agent_processes(remote + "/agent/") == []
