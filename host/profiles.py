@@ -59,7 +59,9 @@ class BenchmarkSettings:
 class TensorRTSettings:
     """Engine build settings used on the board (ignored by ONNX Runtime)."""
 
-    version: str = "8.5"
+    # The exact TensorRT release on the board (8.5.2 = JetPack 5.1): the implicit
+    # calibration cache header must match it digit for digit.
+    version: str = "8.5.2"
     workspace_mb: int = 2048
     dla_core: int = -1
     sparse_weights: bool = False

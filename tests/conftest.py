@@ -20,3 +20,41 @@ def in_ci() -> bool:
 
 def pytest_report_header(config):  # noqa: D103 - pytest hook
     return "edgekit tests: python %s, CI=%s" % (sys.version.split()[0], IN_CI)
+
+
+# --- bundles (edgekit build), built once per session --------------------------
+# Reduced image counts keep the suite fast; everything else is the product path.
+BUNDLE_CALIB_IMAGES = 16
+BUNDLE_EVAL_IMAGES = 24
+
+
+def _build_demo_bundle(tmp_path_factory, profile: str):
+    from edgekit.host.build import BuildOptions, build_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / ("demo-%s" % profile)
+    options = BuildOptions(profile=profile, out=str(out), calib_images=BUNDLE_CALIB_IMAGES, eval_images=BUNDLE_EVAL_IMAGES, parity_images=2)
+    return build_bundle(options)
+
+
+@pytest.fixture(scope="session")
+def cpu_build(tmp_path_factory):
+    """BuildResult of the demo for the `cpu` profile (fp32 + int8)."""
+    return _build_demo_bundle(tmp_path_factory, "cpu")
+
+
+@pytest.fixture(scope="session")
+def cpu_bundle(cpu_build) -> str:
+    """Path of a complete demo bundle for the `cpu` profile (fp32 + int8)."""
+    return cpu_build.out_dir
+
+
+@pytest.fixture(scope="session")
+def jetson_build(tmp_path_factory):
+    """BuildResult of the demo for the `jetson` profile (fp32, fp16, int8 + TensorRT cache)."""
+    return _build_demo_bundle(tmp_path_factory, "jetson")
+
+
+@pytest.fixture(scope="session")
+def jetson_bundle(jetson_build) -> str:
+    """Path of a complete demo bundle for the `jetson` profile."""
+    return jetson_build.out_dir

@@ -35,7 +35,7 @@ def test_profiles_show_json_is_the_resolved_profile():
     assert data["name"] == "jetson-nano"
     assert data["runtime"] == "tensorrt"  # inherited from jetson
     assert data["variants"] == ["fp32", "fp16"]
-    assert data["tensorrt"]["version"] == "8.2"
+    assert data["tensorrt"]["version"] == "8.2.1"
     assert data["quantization"]["scheme"] == "tensorrt"
 
 

@@ -38,7 +38,7 @@ def test_extends_inherits_and_overrides_sections_key_by_key():
     nano = load_profile("jetson-nano")
     jetson = load_profile("jetson")
     assert nano.extends == ("jetson",)
-    assert nano.tensorrt.version == "8.2" and jetson.tensorrt.version == "8.5"
+    assert nano.tensorrt.version == "8.2.1" and jetson.tensorrt.version == "8.5.2"
     # untouched keys of an overridden section come from the parent
     assert nano.quantization == jetson.quantization
     assert nano.providers == jetson.providers

@@ -1,0 +1,47 @@
+"""Stage timing and progress events of a build.
+
+The pipeline reports plain dict events through one callback; the CLI draws
+them, tests and the benchmark read the timings. Events::
+
+    {"event": "stage", "stage": "export", "variant": "p30-fp32" | None,
+     "status": "start" | "done", "seconds": float, "detail": str}
+    {"event": "step", "stage": "evaluate", "variant": ..., "done": 12, "total": 250}
+    {"event": "warning", "message": str}
+"""
+import contextlib
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+Callback = Callable[[Dict[str, Any]], None]
+
+
+class Reporter(object):
+    def __init__(self, callback: Optional[Callback] = None) -> None:
+        self.callback = callback
+        self.seconds: Dict[str, float] = {}  # stage -> total seconds over all variants
+        self.timeline: List[Dict[str, Any]] = []  # one entry per finished stage
+        self.warnings: List[str] = []
+
+    def emit(self, event: Dict[str, Any]) -> None:
+        if self.callback is not None:
+            self.callback(event)
+
+    @contextlib.contextmanager
+    def stage(self, stage: str, variant: Optional[str] = None) -> Iterator[Dict[str, Any]]:
+        """Time a stage; the body may set ``info["detail"]`` for the display."""
+        info: Dict[str, Any] = {"detail": ""}
+        self.emit({"event": "stage", "stage": stage, "variant": variant, "status": "start", "seconds": 0.0, "detail": ""})
+        start = time.perf_counter()
+        yield info
+        seconds = time.perf_counter() - start
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        self.timeline.append({"stage": stage, "variant": variant, "seconds": round(seconds, 3)})
+        self.emit({"event": "stage", "stage": stage, "variant": variant, "status": "done", "seconds": seconds, "detail": info["detail"]})
+
+    def step(self, stage: str, variant: Optional[str], done: int, total: int) -> None:
+        self.emit({"event": "step", "stage": stage, "variant": variant, "done": done, "total": total})
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:  # warn once
+            self.warnings.append(message)
+            self.emit({"event": "warning", "message": message})
