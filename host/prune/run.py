@@ -1,0 +1,130 @@
+"""The whole pruning step for a loaded model: calibration images, prune,
+optional recovery, and writing the result (shared by ``edgekit prune`` and
+``edgekit build``)."""
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from edgekit.calibration.images import load_images
+from edgekit.calibration.preprocess import PreprocessSpec
+
+from ..errors import EdgekitError
+from . import sparsity as S
+from .checkpoint import save_pruned
+from .config import PruneConfig
+from .core import PruneResult, prune_model, stack_images
+from .graph import LAYER_TYPES
+from .recovery import recover
+
+MODEL_FILE = "model.pt"
+
+
+def calibration_tensors(folder: str, spec: PreprocessSpec, count: Optional[int] = None, seed: int = 0) -> List[torch.Tensor]:
+    """Images from ``folder`` preprocessed as the device will (letterbox etc.), as (1, C, H, W) tensors."""
+    batch = load_images(folder, spec, count=count, seed=seed, what="calibration")
+    return [torch.from_numpy(batch.tensor(i)) for i in range(len(batch))]
+
+
+def example_input(input_size: Tuple[int, int], calib=None) -> torch.Tensor:
+    """One input batch for tracing: the first calibration image (list of tensors or ImageBatch), else zeros of the input size."""
+    size = [int(input_size[0]), int(input_size[1])]
+    first = stack_images(calib, 1) if calib is not None and len(calib) else None
+    if first is not None:
+        if list(first.shape[-2:]) != size:
+            raise EdgekitError("calibration images are %s, the input size is %s" % (list(first.shape[-2:]), size), "preprocess them to the input size")
+        return first
+    return torch.zeros(1, 3, size[0], size[1])
+
+
+def recover_result(
+    result: PruneResult,
+    teacher: torch.nn.Module,
+    calib,
+    layout: Optional[str] = None,
+    steps: Optional[int] = None,
+    time_budget_s: Optional[float] = None,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Distil ``result.model`` from ``teacher`` (in place), record it in the report, re-measure sparsity.
+
+    ``calib``: a list of (1, C, H, W) tensors or an ImageBatch (decoded images, converted per batch)."""
+    if calib is None or not len(calib):
+        raise EdgekitError("recovery needs unlabelled images", "pass --calib DIR")
+    stats = recover(result.model, teacher, calib, steps=steps, time_budget_s=time_budget_s, progress=progress, layout=layout, lr=lr, batch_size=batch_size, masks=result.masks)
+    result.report.recovery = stats
+    if result.report.sparsity:
+        info = result.report.sparsity
+        names = [n for n, m in result.model.named_modules() if isinstance(m, LAYER_TYPES)]
+        result.report.sparsity = S.measure(
+            result.model, str(info["kind"]), result.masks, names, ratio=float(info.get("ratio", 0.0) or 0.0), skipped=list(info.get("skipped", []))  # type: ignore[arg-type]
+        )
+    return stats
+
+
+def prune_and_recover(
+    module: torch.nn.Module,
+    config: PruneConfig,
+    input_size: Tuple[int, int],
+    calib=None,
+    layout: Optional[str] = None,
+    recover_steps: Optional[int] = None,
+    recover_time_s: Optional[float] = None,
+    recover_lr: float = 1e-3,
+    recover_batch: int = 8,
+    progress: bool = False,
+    on_progress: Optional[Callable[[str, int, int], None]] = None,
+) -> PruneResult:
+    """Prune ``module`` (untouched) and, when a step count or time budget is given, distil it back.
+
+    ``calib``: a list of (1, C, H, W) tensors or an ImageBatch, at ``input_size``."""
+    result = prune_model(module, example_input(input_size, calib), config, calib_images=calib, progress=on_progress, layout=layout)
+    if recover_steps is not None or recover_time_s is not None:
+        recover_result(result, module, calib, layout, recover_steps, recover_time_s, recover_lr, recover_batch, progress)
+    return result
+
+
+def write_pruned(result: PruneResult, out_dir: str, info: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    """Write model.pt (weights-only loadable), prune_report.json and prune_channels.png into ``out_dir``.
+
+    Everything goes to a temporary folder beside it first and is renamed into
+    place at the end, so a failure leaves no half-written output.
+    """
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise EdgekitError("output %s exists and is not a folder" % out_dir, "choose another --out")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MODEL_FILE)):
+        raise EdgekitError("output %s is a non-empty folder that edgekit prune did not write" % out_dir, "choose another --out")
+    parent = os.path.dirname(out_dir)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".%s.partial-" % os.path.basename(out_dir), dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+    except OSError as exc:
+        raise EdgekitError("cannot write to %s (%s)" % (parent, exc.strerror), "choose a writable --out folder")
+    try:
+        meta = dict(info or {})
+        meta["prune"] = {k: v for k, v in result.report.to_dict().items() if k != "layers"}
+        save_pruned(result.model, os.path.join(tmp, MODEL_FILE), meta)
+        result.report.write(tmp)
+        old = None
+        if os.path.isdir(out_dir):
+            old = out_dir + ".old-%d" % os.getpid()
+            os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {
+        "model": os.path.join(out_dir, MODEL_FILE),
+        "json": os.path.join(out_dir, "prune_report.json"),
+        "png": os.path.join(out_dir, "prune_channels.png"),
+    }
