@@ -20,6 +20,14 @@ Top level::
     warnings         [str]    e.g. throttling, calibration cache not accepted
     errors           [str]    problems outside any one run
 
+Stored on the host (results/<target>/<bundle>/<time>.json) the object gains
+one key, added by edgekit.host.deploy.results.save_result, never by the agent::
+
+    deploy           {target, address, bundle, bundle_path, manifest_sha256, remote_dir,
+                      python, host_time, sync {uploaded, skipped, bytes, ...} or null,
+                      seconds {stage: s}, variants {name: {precision, file, size_bytes,
+                      params, macs, prune_ratio, host_metrics}}}
+
 A run::
 
     variant, precision, backend ("tensorrt" | "onnxruntime"), provider

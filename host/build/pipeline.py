@@ -71,6 +71,20 @@ def _count_params(module: Any) -> Optional[int]:
     return int(sum(p.numel() for p in module.parameters()))
 
 
+def _count_macs(module: Any, input_size: Any) -> Optional[int]:
+    """MACs of one forward pass of the unpruned model (None for an .onnx model or a model the counter cannot trace)."""
+    if module is None:
+        return None
+    import torch
+
+    from edgekit.host.prune.metrics import count_macs_params
+
+    try:
+        return count_macs_params(module, torch.zeros(1, 3, int(input_size[0]), int(input_size[1])))[0]
+    except Exception:  # a counting failure must not fail the build; reports then show no MACs
+        return None
+
+
 def _check_inputs(options: BuildOptions) -> Optional[EvalSet]:
     """Cheap checks of the inputs before any model is loaded, so a typo fails in a second.
 
@@ -341,6 +355,7 @@ class _Build(object):
                 "name": src.name,
                 "source": src.source,
                 "params": _count_params(src.module),
+                "macs": _count_macs(src.module, src.input_size),
                 "input_size": list(src.input_size),
                 "opset": self.plan.opset,
             },

@@ -32,6 +32,12 @@ def _register() -> None:
     from . import profiles
 
     cli.add_command(profiles.profiles)
+    from ..demo.cli import demo; cli.add_command(demo)  # noqa: E702 - one line per command group
+    from .deploy import deploy; cli.add_command(deploy)  # noqa: E702
+    from .report import report; cli.add_command(report)  # noqa: E702
+    from .build import build; cli.add_command(build)  # noqa: E702 - one line per command group
+    from .prune import prune; cli.add_command(prune)  # noqa: E702 - one line per command group
+    from .agent import agent; cli.add_command(agent)  # noqa: E702 - one line per command group
 
 
 def main(argv: Optional[List[str]] = None) -> None:
