@@ -20,8 +20,17 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The main job on the built-in demo: build a bundle (unpruned and pruned, fp32
+# and int8), measure it with the agent on this machine, compare the results.
+DEMO_PROFILE ?= cpu
+DEMO_PRUNE ?= 0,0.3
+DEMO_RECOVER_SECONDS ?= 300
+DEMO_BUNDLE ?= bundles/demo-$(DEMO_PROFILE)
+
 demo: venv
-	$(BIN)/edgekit profiles show cpu
+	$(BIN)/edgekit build --profile $(DEMO_PROFILE) --prune $(DEMO_PRUNE) --recover-seconds $(DEMO_RECOVER_SECONDS) --out $(DEMO_BUNDLE)
+	$(BIN)/edgekit deploy local --bundle $(DEMO_BUNDLE)
+	$(BIN)/edgekit report
 
 test: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

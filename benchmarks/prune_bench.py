@@ -3,13 +3,13 @@
 For each strategy: prune the shipped demo detector to ``--target-macs`` fewer
 MACs (channels aligned to ``--alignment``), measure COCO mAP@0.5:0.95 on the
 demo validation split before recovery, distil it back from the unpruned model
-on the calibration images within ``--recover-time`` seconds of CPU time, and
+on the calibration images within ``--recover-seconds`` seconds of CPU time, and
 measure again. Every model is exported to ONNX and timed with ONNX Runtime on
 the CPU; timing rounds alternate between the models so that a busy machine
 slows them all alike. Prints a table (and ``--json`` writes the numbers).
 
     python benchmarks/prune_bench.py                       # the table in docs/prune.md
-    python benchmarks/prune_bench.py --strategies uniform --recover-time 60 --eval-images 100
+    python benchmarks/prune_bench.py --strategies uniform --recover-seconds 60 --eval-images 100
 """
 import argparse
 import json
@@ -31,7 +31,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--strategies", default="uniform,global,sensitivity", help="comma-separated: uniform, global, sensitivity")
     p.add_argument("--criterion", default="l1", choices=["l1", "bn"])
     p.add_argument("--alignment", type=int, default=8)
-    p.add_argument("--recover-time", type=float, default=600.0, help="distillation budget per model, seconds")
+    p.add_argument("--recover-seconds", type=float, default=600.0, help="distillation budget per model, seconds")
     p.add_argument("--recover-steps", type=int, default=None, help="or a step count (whichever ends first)")
     p.add_argument("--recover-lr", type=float, default=1e-3)
     p.add_argument("--calib-images", type=int, default=128)
@@ -121,7 +121,7 @@ def main(argv: List[str]) -> int:
             base,
             calib,
             steps=args.recover_steps,
-            time_budget_s=args.recover_time,
+            time_budget_s=args.recover_seconds,
             progress=sys.stderr.isatty(),
             layout=loaded.output_layout,
             lr=args.recover_lr,

@@ -60,7 +60,7 @@ def prune_method_kwargs(kw: Dict[str, Any]) -> Dict[str, Any]:
 @click.option("--calib", default=None, metavar="DIR", help="Unlabelled images for sensitivity and recovery (default: the demo's for --model demo).")
 @click.option("--calib-images", type=int, default=128, show_default=True, help="How many calibration images to use.")
 @click.option("--recover-steps", type=int, default=None, help="Distil the pruned model from the original for N steps.")
-@click.option("--recover-time", type=float, default=None, metavar="SECONDS", help="...or for this long (whichever ends first).")
+@click.option("--recover-seconds", "--recover-time", "recover_time", type=float, default=None, metavar="SECONDS", help="...or for this long (whichever ends first; as in edgekit build).")
 @click.option("--recover-lr", type=float, default=1e-3, show_default=True, help="Distillation learning rate.")
 @click.option("--out", default="pruned", show_default=True, metavar="DIR", help="Output folder: model.pt, prune_report.json, prune_channels.png.")
 @click.option("--allow-unaligned", is_flag=True, help="Write the result even if some channel counts are not aligned.")

@@ -119,11 +119,11 @@ def _progress_bar(enabled: bool, description: str, total: Optional[float]):
 
 def _check_budget(steps: Optional[int], time_budget_s: Optional[float]) -> None:
     if steps is None and time_budget_s is None:
-        raise EdgekitError("recovery needs a number of steps or a time budget", "pass --recover-steps N or --recover-time SECONDS")
+        raise EdgekitError("recovery needs a number of steps or a time budget", "pass --recover-steps N or --recover-seconds SECONDS")
     if steps is not None and steps < 1:
         raise EdgekitError("recovery steps must be at least 1, got %r" % steps, "pass a positive --recover-steps")
     if time_budget_s is not None and not time_budget_s > 0:
-        raise EdgekitError("recovery time budget must be positive, got %r" % time_budget_s, "pass a positive --recover-time")
+        raise EdgekitError("recovery time budget must be positive, got %r" % time_budget_s, "pass a positive --recover-seconds")
 
 
 def _train_loop(
