@@ -24,11 +24,12 @@ venv: $(VENV)/.installed
 # and int8), measure it with the agent on this machine, compare the results.
 DEMO_PROFILE ?= cpu
 DEMO_PRUNE ?= 0,0.3
+DEMO_STRATEGY ?= sensitivity
 DEMO_RECOVER_SECONDS ?= 300
 DEMO_BUNDLE ?= bundles/demo-$(DEMO_PROFILE)
 
 demo: venv
-	$(BIN)/edgekit build --profile $(DEMO_PROFILE) --prune $(DEMO_PRUNE) --recover-seconds $(DEMO_RECOVER_SECONDS) --out $(DEMO_BUNDLE)
+	$(BIN)/edgekit build --profile $(DEMO_PROFILE) --prune $(DEMO_PRUNE) --prune-strategy $(DEMO_STRATEGY) --recover-seconds $(DEMO_RECOVER_SECONDS) --out $(DEMO_BUNDLE)
 	$(BIN)/edgekit deploy local --bundle $(DEMO_BUNDLE)
 	$(BIN)/edgekit report
 
