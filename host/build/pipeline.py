@@ -162,7 +162,9 @@ class _Build(object):
 
         name = variant_name(ratio, "prune").rsplit("-", 1)[0]
         with self.r.stage("prune", name) as info:
-            model, block = prune_for_bundle(self.source, ratio, self.profile.alignment, self.calib, self.options, self.writer, name)
+            model, block = prune_for_bundle(
+                self.source, ratio, self.profile.alignment, self.calib, self.options, self.writer, name, on_step=lambda d, t: self.r.step("recover", name, d, t)
+            )
             self.reports[ratio] = block
             info["detail"] = "params %d -> %d, MACs -%.0f%%" % (block["params"]["before"], block["params"]["after"], 100 * block["macs"]["reduction"])
         return model

@@ -7,7 +7,7 @@ into the bundle (reports/<p30>/prune_report.json and prune_channels.png).
 """
 import os
 import tempfile
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -18,8 +18,12 @@ from ..prune import PruneConfig
 from ..prune.run import prune_and_recover
 
 
-def prune_for_bundle(source: Any, ratio: float, alignment: int, calib: ImageBatch, options: Any, writer: Any, name: str) -> Tuple[Any, Dict[str, Any]]:
-    """(pruned model in eval mode, manifest ``prune`` block); report files go into the bundle."""
+def prune_for_bundle(
+    source: Any, ratio: float, alignment: int, calib: ImageBatch, options: Any, writer: Any, name: str, on_step: Optional[Callable[[int, int], None]] = None
+) -> Tuple[Any, Dict[str, Any]]:
+    """(pruned model in eval mode, manifest ``prune`` block); report files go into the bundle.
+
+    ``on_step(done, total)`` follows the recovery (steps, or seconds of its budget)."""
     if source.module is None:
         raise EdgekitError("--prune needs a PyTorch model, %s is ONNX" % source.source, "pass the .pt checkpoint, or --prune 0")
     if calib is None or not len(calib):
@@ -29,7 +33,7 @@ def prune_for_bundle(source: Any, ratio: float, alignment: int, calib: ImageBatc
     images = [torch.from_numpy(calib.tensor(i)) for i in range(len(calib))]
     steps = options.recover_steps or None
     seconds = options.recover_seconds or None
-    result = prune_and_recover(source.module, config, source.input_size, images, layout=source.postprocess.layout, recover_steps=steps, recover_time_s=seconds)
+    result = prune_and_recover(source.module, config, source.input_size, images, layout=source.postprocess.layout, recover_steps=steps, recover_time_s=seconds, on_recover_step=on_step)
     report = result.report
     if not report.ok:
         raise EdgekitError(

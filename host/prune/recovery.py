@@ -137,6 +137,7 @@ def _train_loop(
     description: str,
     bn: str,
     optimizer: Optional[torch.optim.Optimizer] = None,
+    on_step: Optional[Callable[[int, int], None]] = None,
 ) -> Dict[str, object]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -171,6 +172,9 @@ def _train_loop(
             step += 1
             if bar is not None:
                 bar.update(bar.task_ids[0], completed=float(step) if steps else min(time.time() - started, time_budget_s or 0.0), info="loss %.4f" % losses[-1])
+            if on_step is not None:
+                # Steps when a step count bounds the run, else whole seconds of the time budget.
+                on_step(*((step, steps) if steps else (int(min(time.time() - started, time_budget_s or 0.0)), int(math.ceil(time_budget_s or 1.0)))))
     finally:
         if bar is not None:
             bar.stop()
@@ -224,6 +228,7 @@ def recover(
     max_zoom: float = 1.25,
     precision: str = "auto",
     seed: int = 0,
+    on_step: Optional[Callable[[int, int], None]] = None,
 ) -> Dict[str, object]:
     """Label-free distillation from ``teacher`` (unpruned) into ``student`` (pruned, trained in place).
 
@@ -235,7 +240,8 @@ def recover(
     bfloat16 autocast where the CPU supports it (about 1.8x faster steps
     measured here), "fp32" never. ``augment``: horizontal flips and zoom-in
     crops up to ``max_zoom`` (the teacher labels whatever it is shown). The
-    teacher is not modified. Returns what happened (steps, seconds, losses, ...).
+    teacher is not modified. ``on_step(done, total)`` is called after every step
+    (steps, or seconds of the time budget). Returns what happened (steps, seconds, losses, ...).
     """
     import copy
 
@@ -282,7 +288,7 @@ def recover(
         return loss_fn(_to_float(out), _to_float(target))
 
     try:
-        stats = _train_loop(student, compute_loss, steps, time_budget_s, lr, masks, progress, "distilling", bn)
+        stats = _train_loop(student, compute_loss, steps, time_budget_s, lr, masks, progress, "distilling", bn, on_step=on_step)
     finally:
         student.to(memory_format=torch.contiguous_format)
     if bn == "train" and recalibrate:

@@ -49,13 +49,14 @@ def recover_result(
     lr: float = 1e-3,
     batch_size: int = 8,
     progress: bool = False,
+    on_step: Optional[Callable[[int, int], None]] = None,
 ) -> Dict[str, Any]:
     """Distil ``result.model`` from ``teacher`` (in place), record it in the report, re-measure sparsity.
 
     ``calib``: a list of (1, C, H, W) tensors or an ImageBatch (decoded images, converted per batch)."""
     if calib is None or not len(calib):
         raise EdgekitError("recovery needs unlabelled images", "pass --calib DIR")
-    stats = recover(result.model, teacher, calib, steps=steps, time_budget_s=time_budget_s, progress=progress, layout=layout, lr=lr, batch_size=batch_size, masks=result.masks)
+    stats = recover(result.model, teacher, calib, steps=steps, time_budget_s=time_budget_s, progress=progress, layout=layout, lr=lr, batch_size=batch_size, masks=result.masks, on_step=on_step)
     result.report.recovery = stats
     if result.report.sparsity:
         info = result.report.sparsity
@@ -78,13 +79,14 @@ def prune_and_recover(
     recover_batch: int = 8,
     progress: bool = False,
     on_progress: Optional[Callable[[str, int, int], None]] = None,
+    on_recover_step: Optional[Callable[[int, int], None]] = None,
 ) -> PruneResult:
     """Prune ``module`` (untouched) and, when a step count or time budget is given, distil it back.
 
     ``calib``: a list of (1, C, H, W) tensors or an ImageBatch, at ``input_size``."""
     result = prune_model(module, example_input(input_size, calib), config, calib_images=calib, progress=on_progress, layout=layout)
     if recover_steps is not None or recover_time_s is not None:
-        recover_result(result, module, calib, layout, recover_steps, recover_time_s, recover_lr, recover_batch, progress)
+        recover_result(result, module, calib, layout, recover_steps, recover_time_s, recover_lr, recover_batch, progress, on_recover_step)
     return result
 
 

@@ -105,7 +105,9 @@ def test_recover_reduces_the_distance_to_the_teacher(demo_model):
         ref = demo_model(batch)
         floor = float(yolov5_loss(ref, ref))  # soft cross-entropy's minimum: the teacher's own entropy
         before = float(yolov5_loss(result.model(batch), ref)) - floor
-    stats = recover(result.model, demo_model, images, steps=40, progress=False, layout="yolov5", batch_size=4, lr=2e-3, augment=False)
+    seen = []
+    stats = recover(result.model, demo_model, images, steps=40, progress=False, layout="yolov5", batch_size=4, lr=2e-3, augment=False, on_step=lambda d, t: seen.append((d, t)))
+    assert seen == [(i, 40) for i in range(1, 41)]  # what edgekit build's live line shows
     with torch.no_grad():
         after = float(yolov5_loss(result.model(batch), ref)) - floor
     assert stats["steps"] == 40 and stats["stopped_by"] == "steps" and stats["method"] == "distillation"
@@ -122,7 +124,9 @@ def test_recover_time_budget_and_kept_sparsity(zoo):
     images = [torch.rand(1, 3, 32, 32) for _ in range(4)]
     result = prune_model(model, images[0], PruneConfig(ratio=0.5, sparsity="unstructured", sparsity_ratio=0.5))
     zeros_before = {n: int((~m).sum()) for n, m in result.masks.items()}
-    stats = recover(result.model, model, images, time_budget_s=0.5, progress=False, masks=result.masks)
+    seen = []
+    stats = recover(result.model, model, images, time_budget_s=0.5, progress=False, masks=result.masks, on_step=lambda d, t: seen.append((d, t)))
+    assert seen and all(d == 0 and t == 1 for d, t in seen)  # whole seconds of a 0.5 s budget, rounded up
     assert stats["stopped_by"] == "time" and stats["steps"] >= 1 and stats["seconds"] < 5
     mods = dict(result.model.named_modules())
     for name, count in zeros_before.items():
