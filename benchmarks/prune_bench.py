@@ -35,6 +35,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--recover-steps", type=int, default=None, help="or a step count (whichever ends first)")
     p.add_argument("--recover-lr", type=float, default=1e-3)
     p.add_argument("--calib-images", type=int, default=128)
+    p.add_argument(
+        "--recover-images",
+        type=int,
+        default=0,
+        help="distil on this many unlabelled images of the demo's training split instead of the calibration images (0: calibration images)",
+    )
     p.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N validation images (default: all)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for the latency runs")
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads for pruning, recovery and evaluation")
@@ -80,8 +86,14 @@ def main(argv: List[str]) -> int:
     loaded = load_model("demo")
     base = loaded.module
     size = loaded.input_size
-    data = demo_data()
+    data = demo_data(train=args.recover_images > 0)
     calib = calibration_tensors(data.calib_dir, preprocess_spec(), args.calib_images)
+    recovery_images = calib
+    if args.recover_images > 0:
+        from edgekit.calibration.images import load_images
+
+        # Kept as uint8 and converted per batch (thousands of images fit in memory); labels unused.
+        recovery_images = load_images(data.train_images_dir, preprocess_spec(), count=args.recover_images, seed=0, what="recovery")
     example = calib[0]
 
     def evaluate(model) -> Dict[str, float]:
@@ -119,7 +131,7 @@ def main(argv: List[str]) -> int:
         stats = recover(
             result.model,
             base,
-            calib,
+            recovery_images,
             steps=args.recover_steps,
             time_budget_s=args.recover_seconds,
             progress=sys.stderr.isatty(),
@@ -132,7 +144,7 @@ def main(argv: List[str]) -> int:
             {
                 "model": "%s + distillation" % strategy,
                 "strategy": strategy,
-                "recovery": "%d steps, %.0f s wall, %.0f s CPU" % (stats["steps"], stats["seconds_total"], recover_cpu),
+                "recovery": "%d steps on %d images, %.0f s wall, %.0f s CPU" % (stats["steps"], stats["images"], stats["seconds_total"], recover_cpu),
                 "params": report.params_after,
                 "macs": report.macs_after,
                 "macs_reduction": report.macs_reduction,
