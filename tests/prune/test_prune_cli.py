@@ -39,7 +39,7 @@ def test_prune_writes_model_report_and_chart(run_cli, capsys, zoo_file, tmp_path
 
 def test_prune_json_with_sensitivity_and_recovery(run_cli, capsys, zoo_file, tmp_path, image_dir):
     out = tmp_path / "out"
-    args = ["prune", "--model", "%s:tiny_yolo" % zoo_file, "--input-size", "64", "--strategy", "sensitivity", "--target-macs", "0.4"]
+    args = ["prune", "--model", "%s:tiny_yolo" % zoo_file, "--profile", "hisilicon", "--input-size", "64", "--strategy", "sensitivity", "--target-macs", "0.4"]
     args += ["--calib", image_dir, "--recover-steps", "3", "--json", "--out", str(out)]
     code, stdout, stderr = run_cli(args, capsys)
     assert code == 0, stderr
@@ -54,13 +54,13 @@ def test_unaligned_result_is_refused_unless_allowed(run_cli, capsys, zoo_file, t
     (tmp_path / "extra.py").write_text(open(zoo_file).read() + "\n\ndef unaligned():\n    return Unaligned()\n")
     model = "%s:unaligned" % (tmp_path / "extra.py")
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(["prune", "--model", model, "--input-size", "32", "--out", str(out)], capsys)
+    code, stdout, stderr = run_cli(["prune", "--model", model, "--profile", "hisilicon", "--input-size", "32", "--out", str(out)], capsys)
     assert code == 2
     lines = stderr.strip().splitlines()
     assert lines[-1].startswith("error: the pruned model failed its checks") and "'c.0' keeps 4 output channels" in lines[-1]
     assert "Traceback" not in stderr
     assert not out.exists()
-    code, stdout, stderr = run_cli(["prune", "--model", model, "--input-size", "32", "--out", str(out), "--allow-unaligned"], capsys)
+    code, stdout, stderr = run_cli(["prune", "--model", model, "--profile", "hisilicon", "--input-size", "32", "--out", str(out), "--allow-unaligned"], capsys)
     assert code == 0 and (out / "model.pt").exists()
     assert "NOT all channels aligned to 8" in stdout
 
