@@ -245,23 +245,11 @@ def check_splits(model: nn.Module, graph: tp.DependencyGraph, fixed: Dict[str, s
 
 def output_shapes(outputs) -> List[List[int]]:
     """Shapes of every tensor in a model's (possibly nested) outputs."""
-    shapes: List[List[int]] = []
-
-    def walk(o) -> None:
-        if isinstance(o, torch.Tensor):
-            shapes.append(list(o.shape))
-        elif isinstance(o, dict):
-            for k in sorted(o):
-                walk(o[k])
-        elif isinstance(o, (list, tuple)):
-            for v in o:
-                walk(v)
-
-    walk(outputs)
-    return shapes
+    return [list(t.shape) for t in flat_outputs(outputs)]
 
 
 def flat_outputs(outputs) -> List[torch.Tensor]:
+    """Every tensor in a model's (possibly nested) outputs, dict entries by sorted key."""
     found: List[torch.Tensor] = []
 
     def walk(o) -> None:
