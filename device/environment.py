@@ -9,7 +9,7 @@ the run's ``environment`` and says whether the board throttled. Stdlib only.
 """
 import os
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .sysinfo import cpu_governors, power_mode, read_text
 
@@ -63,14 +63,18 @@ def gpu_clock_mhz() -> Optional[float]:
     return None
 
 
-def temperatures_c() -> Dict[str, float]:
-    temps = {}  # type: Dict[str, float]
+def _thermal_zones() -> List[Tuple[str, str]]:
+    """(zone folder, zone type) of every thermal zone; none where sysfs has no thermal class."""
     try:
         zones = sorted(n for n in os.listdir(THERMAL_BASE) if n.startswith("thermal_zone"))
     except OSError:
-        return temps
-    for zone in zones:
-        kind = (read_text(os.path.join(THERMAL_BASE, zone, "type")) or zone).strip()
+        return []
+    return [(zone, (read_text(os.path.join(THERMAL_BASE, zone, "type")) or zone).strip()) for zone in zones]
+
+
+def temperatures_c() -> Dict[str, float]:
+    temps = {}  # type: Dict[str, float]
+    for zone, kind in _thermal_zones():
         milli = _int_file(os.path.join(THERMAL_BASE, zone, "temp"))
         # Disabled Jetson zones read -256000 or similar; keep plausible values only.
         if milli is not None and -40000 < milli < 150000:
@@ -82,12 +86,7 @@ def temperatures_c() -> Dict[str, float]:
 def passive_trips_c() -> Dict[str, float]:
     """Lowest passive/hot trip point per thermal zone: where the kernel starts to throttle."""
     trips = {}  # type: Dict[str, float]
-    try:
-        zones = sorted(n for n in os.listdir(THERMAL_BASE) if n.startswith("thermal_zone"))
-    except OSError:
-        return trips
-    for zone in zones:
-        kind = (read_text(os.path.join(THERMAL_BASE, zone, "type")) or zone).strip()
+    for zone, kind in _thermal_zones():
         lowest = None
         for i in range(16):
             trip_type = read_text(os.path.join(THERMAL_BASE, zone, "trip_point_%d_type" % i))

@@ -90,11 +90,12 @@ def traced_layers(model: nn.Module, graph: tp.DependencyGraph) -> List[Tuple[str
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LAYER_TYPES) and m in graph.module2node]
 
 
-def _reaches_output(node) -> bool:
-    """True when the node's channels reach a model output without passing a channel-mixing layer."""
-    if not node.outputs:  # the layer's own output is a model output
+def _open_channel_path(node, step) -> bool:
+    """True when, following ``step`` (a node's outputs or inputs), the node's channels
+    reach the graph's edge (or a model output) without passing a channel-mixing layer."""
+    stack = list(step(node))
+    if not stack:
         return True
-    stack = list(node.outputs)
     seen = set()
     while stack:
         n = stack.pop()
@@ -105,29 +106,21 @@ def _reaches_output(node) -> bool:
             return True
         if n.type in _CHANNEL_MIXERS:
             continue
-        if not n.outputs:  # a channel-preserving op at the end of the graph
+        further = step(n)
+        if not further:  # a channel-preserving op at the edge of the graph
             return True
-        stack.extend(n.outputs)
+        stack.extend(further)
     return False
+
+
+def _reaches_output(node) -> bool:
+    """True when the node's output channels reach a model output unmixed."""
+    return _open_channel_path(node, lambda n: n.outputs)
 
 
 def _fed_by_input(node) -> bool:
     """True when some of the node's input channels come straight from the model's input."""
-    if not node.inputs:
-        return True
-    stack = list(node.inputs)
-    seen = set()
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n.type in _CHANNEL_MIXERS:
-            continue
-        if not n.inputs:
-            return True
-        stack.extend(n.inputs)
-    return False
+    return _open_channel_path(node, lambda n: n.inputs)
 
 
 def _matches(name: str, pattern: str) -> bool:
