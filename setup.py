@@ -2,7 +2,8 @@
 
 host/ -> edgekit.host (workstation, needs torch), device/ -> edgekit.device (the
 board: Python 3.8, no torch), calibration/ -> edgekit.calibration (shared by
-both), profiles/ -> edgekit.profiles (target data files). ``edgekit`` itself is
+both), contract/ -> edgekit.contract (the host/device contract: both,
+Python 3.8, stdlib only), profiles/ -> edgekit.profiles (target data files). ``edgekit`` itself is
 an implicit namespace package. Everything else lives in setup.cfg.
 """
 from setuptools import find_packages, setup
@@ -12,6 +13,7 @@ ROOTS = {
     "device": "edgekit.device",
     "calibration": "edgekit.calibration",
     "profiles": "edgekit.profiles",
+    "contract": "edgekit.contract",
 }
 
 packages = []

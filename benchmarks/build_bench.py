@@ -56,7 +56,7 @@ def latency_ms(path: str, runs: int, warmup: int = 5) -> Dict[str, float]:
 
 
 def build(model: str, calib_images: int, out: str, eval_images):
-    from edgekit.host.build import BuildOptions, build_bundle
+    from edgekit.host.bundle import BuildOptions, build_bundle
     from edgekit.host.demo import demo_data
 
     options = BuildOptions(profile="cpu", out=out, calib_images=calib_images)

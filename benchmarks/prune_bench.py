@@ -79,7 +79,7 @@ def main(argv: List[str]) -> int:
     torch.set_num_threads(args.torch_threads)
     from edgekit.host.demo import demo_data, evaluate_torch, preprocess_spec
     from edgekit.host.export import export_onnx
-    from edgekit.host.loading import load_model
+    from edgekit.host.model.loading import load_model
     from edgekit.host.prune import PruneConfig, prune_model, recover
     from edgekit.host.prune.run import calibration_tensors
 

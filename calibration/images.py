@@ -11,7 +11,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgekit.device.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 from .preprocess import PreprocessSpec, Transform, load_rgb, resize_image, to_tensor
 

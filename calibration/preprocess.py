@@ -9,76 +9,9 @@ from typing import Any, Dict, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-RESIZE_MODES = ("letterbox", "stretch")
-COLOR_ORDERS = ("RGB", "BGR")
-LAYOUTS = ("NCHW", "NHWC")
+from edgekit.contract.specs import PreprocessSpec
 
-
-class PreprocessSpec(object):
-    """How an image becomes the model's input tensor.
-
-    size is (height, width) of the network input. ``letterbox`` keeps the aspect
-    ratio and pads with ``pad_value`` around a centred image (YOLOv5's val.py
-    behaviour); ``stretch`` resizes to the size directly. Pixels are scaled by
-    ``scale`` and then normalised: (x * scale - mean) / std, per channel.
-    """
-
-    def __init__(
-        self,
-        size: Sequence[int],
-        resize: str = "letterbox",
-        pad_value: int = 114,
-        color: str = "RGB",
-        scale: float = 1.0 / 255.0,
-        mean: Sequence[float] = (0.0, 0.0, 0.0),
-        std: Sequence[float] = (1.0, 1.0, 1.0),
-        layout: str = "NCHW",
-        dtype: str = "float32",
-    ) -> None:
-        if resize not in RESIZE_MODES:
-            raise ValueError("preprocess.resize must be one of %s, got %r" % (RESIZE_MODES, resize))
-        if color not in COLOR_ORDERS:
-            raise ValueError("preprocess.color must be one of %s, got %r" % (COLOR_ORDERS, color))
-        if layout not in LAYOUTS:
-            raise ValueError("preprocess.layout must be one of %s, got %r" % (LAYOUTS, layout))
-        if len(size) != 2 or min(size) <= 0:
-            raise ValueError("preprocess.size must be [height, width], got %r" % (list(size),))
-        self.size = (int(size[0]), int(size[1]))
-        self.resize = resize
-        self.pad_value = int(pad_value)
-        self.color = color
-        self.scale = float(scale)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self.layout = layout
-        self.dtype = dtype
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "resize": self.resize,
-            "size": list(self.size),
-            "pad_value": self.pad_value,
-            "color": self.color,
-            "scale": self.scale,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "layout": self.layout,
-            "dtype": self.dtype,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "PreprocessSpec":
-        known = ("resize", "size", "pad_value", "color", "scale", "mean", "std", "layout", "dtype")
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            raise ValueError("preprocess has unknown key %r" % unknown[0])
-        return cls(**data)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PreprocessSpec) and self.to_dict() == other.to_dict()
-
-    def __repr__(self) -> str:
-        return "PreprocessSpec(%r)" % (self.to_dict(),)
+__all__ = ["PreprocessSpec", "preprocess_file"]
 
 
 class Transform(object):

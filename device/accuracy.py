@@ -14,7 +14,7 @@ import math
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 # Which stat the drift gate compares, per metric.
 GATED_STAT = {"coco_map": "map", "top1": "top1"}

@@ -1,7 +1,7 @@
 """The agent's view of a bundle: open it (a folder, or a .tar unpacked safely),
 map each file to what uses it, and hash-check files before they are used.
 
-The manifest's shape and the hashing live in :mod:`edgekit.device.manifest`;
+The manifest's shape and the hashing live in :mod:`edgekit.contract.manifest`;
 this module only groups files (a variant's model and calibration cache, the
 evaluation set) so that a bad file fails what depends on it and nothing else.
 Stdlib only.
@@ -12,8 +12,8 @@ import tarfile
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import EdgekitError
-from .manifest import MANIFEST_NAME, check_relative_path, find_variant, manifest_sha256, read_manifest, resolve, verify_files
+from edgekit.contract.errors import EdgekitError
+from edgekit.contract.manifest import MANIFEST_NAME, check_relative_path, find_variant, manifest_sha256, read_manifest, resolve, verify_files
 
 
 def _safe_extract(tar_path: str, dest: str) -> str:

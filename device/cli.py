@@ -23,25 +23,12 @@ import threading
 import traceback
 from typing import Any, Callable, Dict, List, Optional
 
-from ._version import __version__
-from .errors import EdgekitError
+from edgekit.contract._version import __version__
+from edgekit.contract.agent_command import EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, add_measure_options
+from edgekit.contract.errors import EdgekitError
+from edgekit.contract.words import BACKEND_CHOICES
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 _emit_lock = threading.Lock()
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="say what this board lacks to run a bundle, with install lines")
     p.add_argument("bundle", nargs="?", help="bundle folder or .tar (optional)")
-    p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     output_options(p)
 
     p = sub.add_parser("verify", help="check every file of a bundle against its sha256")
@@ -73,28 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("bundle", help="bundle folder or .tar")
-        p.add_argument("--variant", action="append", metavar="NAME", help="only this variant (repeatable); default all")
-        p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime"), default="auto", help="default: the profile's runtime when it works here")
-        p.add_argument("--providers", metavar="LIST", help="ONNX Runtime execution providers, comma-separated (default: the profile's)")
-        p.add_argument("--threads", type=_positive_int, metavar="N", help="ONNX Runtime intra-op threads (0: its default)")
-        p.add_argument("--engine-cache", metavar="DIR", help="TensorRT engine cache (default ~/.edgekit/engines or $EDGEKIT_HOME/engines)")
-        p.add_argument(
-            "--trt-int8",
-            choices=("auto", "explicit", "implicit"),
-            default="auto",
-            help="TensorRT INT8 from the Q/DQ graph (explicit) or the fp32 graph + calibration cache (implicit); auto: Q/DQ when present",
-        )
-        p.add_argument("--timeout", type=_nonneg_float, default=1800.0, metavar="S", help="give up on a variant after S seconds (0: never; default 1800)")
-        p.add_argument("--progress", choices=("auto", "json", "text", "none"), default="auto", help="stderr progress (auto: text on a terminal, else JSON lines)")
-        if name in ("bench", "run"):
-            p.add_argument("--warmup", type=_positive_int, metavar="N", help="warm-up iterations (default: the profile's)")
-            p.add_argument("--warmup-seconds", type=_nonneg_float, metavar="S", help="warm up for at least S seconds")
-            p.add_argument("--iterations", type=_positive_int, metavar="N", help="timed iterations, at least (default: the profile's)")
-            p.add_argument("--min-seconds", type=_nonneg_float, metavar="S", help="time for at least S seconds")
-            p.add_argument("--stage-images", type=_positive_int, default=20, metavar="N", help="images for the pre/infer/post split in bench (default 20)")
-        if name in ("eval", "run"):
-            p.add_argument("--max-drift", type=_nonneg_float, metavar="F", help="fail a variant whose mAP (or top-1) differs from the host's by more (default: the profile's, 0.01)")
-            p.add_argument("--max-images", type=_positive_int, metavar="N", help="evaluate only the first N images (no drift gate then)")
+        add_measure_options(p, name)
         output_options(p)
     return parser
 
@@ -143,7 +109,7 @@ def _error_line(message: str) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .sysinfo import collect
-    from .table import render_info
+    from edgekit.device.text_table import render_info
 
     emit(collect(), args, render_info)
     return EXIT_OK
@@ -151,7 +117,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import diagnose
-    from .table import render_doctor
+    from edgekit.device.text_table import render_doctor
 
     report = diagnose(args.bundle, args.backend)
     emit(report, args, render_doctor)
@@ -177,10 +143,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from .progress import Progress
-    from .result import finish
+    from edgekit.contract.agent_events import Progress
+    from edgekit.contract.result import finish
     from .runner import Options, run_bundle
-    from .table import render_result
+    from edgekit.device.text_table import render_result
 
     options = Options(
         command=args.command,

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 # cudaError_t values the agent explains.
 CUDA_SUCCESS = 0

@@ -6,7 +6,7 @@ and probes everything else.
 import sys
 from typing import Any, Dict, List, Optional
 
-from .errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 def _pip(package: str) -> str:

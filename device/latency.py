@@ -16,7 +16,7 @@ import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .result import LATENCY_KEYS
+from edgekit.contract.result import LATENCY_KEYS
 
 # Guard against a min_seconds loop on a very fast model filling memory.
 MAX_ITERATIONS = 10000000

@@ -25,50 +25,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-LAYOUTS = ("yolov5", "yolov8", "boxes")
+from edgekit.contract.specs import PostprocessSpec
+
 NMS_BLOCK = 128
-
-
-class PostprocessSpec(object):
-    def __init__(
-        self,
-        layout: str = "yolov5",
-        score_threshold: float = 0.001,
-        iou_threshold: float = 0.6,
-        max_detections: int = 300,
-        class_names: Sequence[str] = (),
-        category_ids: Optional[Sequence[int]] = None,
-        multi_label: bool = False,
-        max_candidates: int = 30000,
-    ) -> None:
-        if layout not in LAYOUTS:
-            raise ValueError("postprocess.layout must be one of %s, got %r" % (LAYOUTS, layout))
-        self.layout = layout
-        self.score_threshold = float(score_threshold)
-        self.iou_threshold = float(iou_threshold)
-        self.max_detections = int(max_detections)
-        self.class_names = list(class_names)
-        self.category_ids = list(category_ids) if category_ids is not None else list(range(len(self.class_names)))
-        if self.class_names and len(self.category_ids) != len(self.class_names):
-            raise ValueError("postprocess.category_ids must have one id per class name")
-        self.multi_label = bool(multi_label)
-        self.max_candidates = int(max_candidates)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "layout": self.layout,
-            "score_threshold": self.score_threshold,
-            "iou_threshold": self.iou_threshold,
-            "max_detections": self.max_detections,
-            "class_names": list(self.class_names),
-            "category_ids": list(self.category_ids),
-            "multi_label": self.multi_label,
-            "max_candidates": self.max_candidates,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "PostprocessSpec":
-        return cls(**data)
 
 
 def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Runs a bundle's variants and builds the result (edgekit.device.result).
+"""Runs a bundle's variants and builds the result (edgekit.contract.result).
 
 One variant's failure never stops the others: each run ends ``ok``, ``failed``
 (a fault: tampered file, corrupt model, out of memory, ...) or ``skipped`` (the
@@ -10,10 +10,10 @@ import threading
 import traceback
 from typing import Any, Callable, Dict, List, Optional
 
-from . import result as result_mod
+from edgekit.contract import result as result_mod
 from .backends.base import CannotRun, one_line, out_of_memory
-from .errors import EdgekitError
-from .progress import Progress
+from edgekit.contract.errors import EdgekitError
+from edgekit.contract.agent_events import Progress
 
 COMMANDS = ("bench", "eval", "run")
 DEFAULT_MAX_DRIFT = 0.01

@@ -1,4 +1,4 @@
 """edgekit.host: the workstation side (load, prune, export, calibrate, bundle, deploy, report)."""
-from edgekit.device._version import __version__
+from edgekit.contract._version import __version__
 
 __all__ = ["__version__"]

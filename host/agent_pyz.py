@@ -1,7 +1,7 @@
 """Builds ``edgekit-agent.pyz``: the agent as one file a board runs with its own python3.
 
-The zipapp holds the installed ``edgekit.device`` and ``edgekit.calibration``
-packages (sources only) under an ``edgekit/`` package and a ``__main__.py``
+The zipapp holds the installed ``edgekit.contract``, ``edgekit.device`` and
+``edgekit.calibration`` packages (sources only) under an ``edgekit/`` package and a ``__main__.py``
 that calls :func:`edgekit.device.cli.main`. It needs no pip install on the
 board, only numpy, pillow, pycocotools and onnxruntime/tensorrt there.
 
@@ -15,13 +15,18 @@ import zipfile
 from typing import List, Tuple
 
 import edgekit.calibration
+import edgekit.contract
 import edgekit.device
-from edgekit.device.manifest import sha256_file
+from edgekit.contract.manifest import sha256_file
 
-from .errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 SHEBANG = b"#!/usr/bin/env python3\n"
-PACKAGES = (("edgekit/device", edgekit.device), ("edgekit/calibration", edgekit.calibration))
+PACKAGES = (
+    ("edgekit/contract", edgekit.contract),
+    ("edgekit/device", edgekit.device),
+    ("edgekit/calibration", edgekit.calibration),
+)
 # 1980-01-01, the earliest time a zip entry can hold: no build-time leaks into the bytes.
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 MAIN = b'''"""edgekit-agent: python3 edgekit-agent.pyz COMMAND ... (see --help)."""
@@ -37,7 +42,7 @@ main()
 '''
 # The zipapp's own edgekit/__init__.py: a regular package, so that inside the
 # zip it shadows any edgekit installed on the board.
-INIT = b'"""edgekit (agent zipapp): only edgekit.device and edgekit.calibration."""\n'
+INIT = b'"""edgekit (agent zipapp): only edgekit.contract, edgekit.device and edgekit.calibration."""\n'
 
 
 def package_files() -> List[Tuple[str, str]]:
@@ -69,7 +74,7 @@ def _add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
 def build_agent_pyz(out_path: str) -> str:
     """Write the agent zipapp to ``out_path`` (atomically) and return that path.
 
-    Its sha256 is ``edgekit.device.manifest.sha256_file(path)``, identical for
+    Its sha256 is ``edgekit.contract.manifest.sha256_file(path)``, identical for
     identical sources (see :func:`agent_pyz_sha256`).
     """
     out_path = os.path.abspath(out_path)

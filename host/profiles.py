@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from edgekit.profiles import BUILTIN_DIR
 
-from .errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,7 +23,7 @@ else:  # pragma: no cover - exercised on 3.10 hosts
     import tomli as tomllib
 
 RUNTIMES = ("tensorrt", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "int8")
+from edgekit.contract.words import PRECISIONS
 QUANT_SCHEMES = ("tensorrt", "u8s8", "s8s8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 

@@ -29,7 +29,7 @@ BUNDLE_EVAL_IMAGES = 24
 
 
 def _build_demo_bundle(tmp_path_factory, profile: str):
-    from edgekit.host.build import BuildOptions, build_bundle
+    from edgekit.host.bundle import BuildOptions, build_bundle
 
     out = tmp_path_factory.mktemp("bundles") / ("demo-%s" % profile)
     options = BuildOptions(profile=profile, out=str(out), calib_images=BUNDLE_CALIB_IMAGES, eval_images=BUNDLE_EVAL_IMAGES, parity_images=2)

@@ -10,7 +10,7 @@ A runner loads one variant's model and then:
 """
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 class CannotRun(EdgekitError):

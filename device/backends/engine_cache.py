@@ -12,7 +12,7 @@ import os
 import tempfile
 from typing import Any, Dict, Optional
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 # Bump when the agent changes how it builds engines: old entries stop matching.
 ENGINE_FORMAT = 1

@@ -3,7 +3,7 @@ settings, and ONNX Runtime's own failures turned into one-line errors."""
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .base import CannotRun, Runner, check_input_shape, looks_like_oom, one_line, out_of_memory
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")

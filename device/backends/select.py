@@ -6,10 +6,10 @@ execution providers, which on a Jetson include TensorRT's and CUDA's).
 """
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .base import CannotRun, Runner
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+from edgekit.contract.words import BACKEND_CHOICES
 
 
 def tensorrt_available(info: Dict[str, Any]) -> Tuple[bool, str]:
@@ -25,8 +25,8 @@ def tensorrt_available(info: Dict[str, Any]) -> Tuple[bool, str]:
 
 def choose_backend(requested: str, profile: Dict[str, Any], info: Dict[str, Any]) -> Tuple[str, List[str]]:
     """(backend name, warnings). An explicit request is honoured even if it will fail: the run says why."""
-    if requested not in BACKENDS:
-        raise EdgekitError("unknown backend %r" % requested, "use one of %s" % ", ".join(BACKENDS))
+    if requested not in BACKEND_CHOICES:
+        raise EdgekitError("unknown backend %r" % requested, "use one of %s" % ", ".join(BACKEND_CHOICES))
     if requested != "auto":
         return requested, []
     if profile.get("runtime") == "tensorrt":
@@ -115,4 +115,4 @@ def create_runner(
             on_phase=on_phase,
             int8_request=trt_int8,
         )
-    raise EdgekitError("unknown backend %r" % backend, "use one of %s" % ", ".join(BACKENDS))
+    raise EdgekitError("unknown backend %r" % backend, "use one of %s" % ", ".join(BACKEND_CHOICES))

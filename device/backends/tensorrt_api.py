@@ -19,7 +19,7 @@ TensorRT's Python API changed twice in ways the agent meets:
 """
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .base import CannotRun
 
 MIN_VERSION = (8, 0)

@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..cuda import D2H, H2D, CudaRuntime, version_string
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from . import engine_cache
 from .base import CannotRun, Runner, check_input_shape, looks_like_oom, one_line, out_of_memory
 from .tensorrt_api import BuildPlan, TrtApi, load_calibration_cache, plan_build, select_api

@@ -1,7 +1,7 @@
 """`edgekit agent pyz`: write the board agent as one zipapp file."""
 import click
 
-from edgekit.device.manifest import sha256_file
+from edgekit.contract.manifest import sha256_file
 
 
 @click.group()

@@ -1,10 +1,10 @@
-"""`edgekit build`: a thin command over edgekit.host.build.build_bundle."""
+"""`edgekit build`: a thin command over edgekit.host.bundle.build_bundle."""
 import os
 from typing import Any, Dict, Optional, Tuple
 
 import click
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 def _parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
@@ -87,7 +87,7 @@ def build(**kw: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..build import BuildOptions, build_bundle
+    from edgekit.host.bundle import BuildOptions, build_bundle
 
     options = BuildOptions(
         profile=kw["profile"],

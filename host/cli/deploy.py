@@ -10,17 +10,8 @@ from ..deploy.fleet import DEFAULT_JOBS
 from ..deploy.pipeline import DEFAULT_REMOTE_DIR, DeployOptions, DeployOutcome
 from ..deploy.results import DEFAULT_RESULTS_DIR
 from ..deploy.ssh import SSHOptions
-from ..errors import EdgekitError
-
-
-def _agent_args(variants: Tuple[str, ...], warmup: Optional[int], iterations: Optional[int], max_drift: Optional[float], max_images: Optional[int], backend: Optional[str]) -> List[str]:
-    args: List[str] = []
-    for v in variants:
-        args += ["--variant", v]
-    for flag, value in (("--warmup", warmup), ("--iterations", iterations), ("--max-drift", max_drift), ("--max-images", max_images), ("--backend", backend)):
-        if value is not None:
-            args += [flag, str(value)]
-    return args
+from edgekit.contract.agent_command import AgentCall
+from edgekit.contract.errors import EdgekitError
 
 
 @click.command("deploy")
@@ -121,7 +112,7 @@ def deploy(
         results_dir=results_dir,
         run=not sync_only,
         doctor=not skip_doctor,
-        agent_args=_agent_args(variants, warmup, iterations, max_drift, max_images, backend),
+        agent=AgentCall(variants, backend, warmup, iterations, max_drift, max_images),
         run_timeout=run_timeout,
     )
     with LiveDisplay() as display:

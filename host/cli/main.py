@@ -11,9 +11,9 @@ from typing import List, Optional
 
 import click
 
-from edgekit.device._version import __version__
+from edgekit.contract._version import __version__
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 _state = {"debug": os.environ.get("EDGEKIT_DEBUG", "") not in ("", "0")}
 
@@ -32,7 +32,7 @@ def _register() -> None:
     from . import profiles
 
     cli.add_command(profiles.profiles)
-    from ..demo.cli import demo; cli.add_command(demo)  # noqa: E702 - one line per command group
+    from edgekit.host.cli.demo import demo; cli.add_command(demo)  # noqa: E702 - one line per command group
     from .deploy import deploy; cli.add_command(deploy)  # noqa: E702
     from .report import report; cli.add_command(report)  # noqa: E702
     from .build import build; cli.add_command(build)  # noqa: E702 - one line per command group

@@ -5,7 +5,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import click
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 def _input_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
@@ -70,7 +70,7 @@ def prune(**kw: Any) -> None:
     """Prune a model's channels (structured, dependency-aware, aligned to the profile)."""
     from rich.console import Console
 
-    from ..loading import load_model
+    from edgekit.host.model.loading import load_model
     from ..profiles import load_profile
     from ..prune import PruneConfig
     from ..prune.run import write_pruned

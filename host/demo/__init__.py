@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 from edgekit.calibration.preprocess import PreprocessSpec
 from edgekit.device.postprocess import PostprocessSpec
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .data import DEFAULT_SEED, GENERATOR_VERSION, DemoData, default_cache_dir, demo_data
 from .shapes import CATEGORY_IDS, CLASS_NAMES
 

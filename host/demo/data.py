@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .shapes import CATEGORY_IDS, CLASS_NAMES, render_image
 
 # Bump whenever shapes.py or the split sizes change what gets written.

@@ -15,7 +15,7 @@ from edgekit.calibration.preprocess import PreprocessSpec, Transform, preprocess
 from edgekit.device.coco_eval import DetectionCollector, evaluate, load_coco
 from edgekit.device.postprocess import PostprocessSpec, postprocess
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from torch import nn
 from edgekit.calibration.preprocess import PreprocessSpec, load_rgb, resize_image
 from edgekit.device.coco_eval import load_coco
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 # Passes over the training split for the shipped weights (see docs/demo.md for the time it takes).
 DEFAULT_EPOCHS = 6.0

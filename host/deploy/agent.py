@@ -1,23 +1,18 @@
 """What the host knows about the agent: how to build it, call it, and read it.
 
-Everything that depends on the agent's command line (edgekit.device.cli) is here,
-so a change there is a change in one place. The agent is used as::
-
-    python3 edgekit-agent.pyz doctor BUNDLE --json   -> {ok, checks: [{name, ok, required, found, needed_for, fix}]}
-    python3 edgekit-agent.pyz run BUNDLE --out FILE --progress json [--engine-cache DIR]
-        [--variant NAME]... [--warmup N] [--iterations N] [--max-drift F] [--max-images N] [--timeout S]
-
-``run`` writes the result (edgekit.device.result) to FILE and JSON progress lines
-on stderr (edgekit.device.progress: start, phase, progress, warning, log, run, done).
+The command line itself is defined once, in edgekit.contract.agent_command
+(the agent parses it, deploy builds it with AgentCall); this module builds the
+zipapp and reads what the agent answers: the doctor's JSON, progress events
+(edgekit.contract.agent_events) and the result (edgekit.contract.result).
 """
 import json
 import os
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from edgekit.device.manifest import sha256_file
+from edgekit.contract.manifest import sha256_file
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 # Doctor checks that do not apply before the sync has finished.
 EARLY_CHECKS_SKIPPED = ("bundle files",)
@@ -29,25 +24,7 @@ def build_agent(out_dir: Optional[str] = None) -> Tuple[str, str]:
 
     out_dir = out_dir or tempfile.mkdtemp(prefix="edgekit-agent-")
     path = build_agent_pyz(os.path.join(out_dir, "edgekit-agent.pyz"))
-    if isinstance(path, tuple):  # (path, sha256) in some versions of agent_pyz
-        path = path[0]
     return path, sha256_file(path)
-
-
-def doctor_argv(python: str, agent: str, bundle_dir: str, run_args: Sequence[str] = ()) -> List[str]:
-    """The doctor asks about the backend the run will use (``--backend`` among ``run_args``)."""
-    argv = [python, agent, "doctor", bundle_dir, "--json"]
-    args = list(run_args)
-    if "--backend" in args and args.index("--backend") + 1 < len(args):
-        argv += ["--backend", args[args.index("--backend") + 1]]
-    return argv
-
-
-def run_argv(python: str, agent: str, bundle_dir: str, out_file: str, engine_cache: Optional[str], extra: Sequence[str] = ()) -> List[str]:
-    argv = [python, agent, "run", bundle_dir, "--out", out_file, "--progress", "json"]
-    if engine_cache:
-        argv += ["--engine-cache", engine_cache]
-    return argv + list(extra)
 
 
 def doctor_problems(rc: int, stdout: str, stderr: str) -> List[Tuple[str, str, Optional[str]]]:

@@ -24,7 +24,7 @@ class Events(object):
         pass
 
     def agent_event(self, target: Target, event: Dict[str, Any]) -> None:
-        """One JSON progress event from the agent (edgekit.device.progress)."""
+        """One JSON progress event from the agent (edgekit.contract.agent_events)."""
 
     def log(self, target: Target, line: str) -> None:
         """A line the agent wrote on stderr that is not a progress event."""

@@ -8,7 +8,7 @@ import concurrent.futures
 import threading
 from typing import Callable, List, Optional, Sequence
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .pipeline import DeployOutcome
 from .targets import Target
 

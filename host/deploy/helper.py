@@ -1,12 +1,15 @@
-"""Host side of remote_helper.py: one helper process per deploy, asked by JSON lines."""
+"""Host side of edgekit/device/remote_helper.py: one helper process per deploy, asked by JSON lines."""
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..errors import EdgekitError
+import edgekit.device
+from edgekit.contract.errors import EdgekitError
 from .shell import Host
 
-_SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_helper.py")
+# The helper runs on the board, so it lives with the device code; it is sent as
+# ``python -c SOURCE`` (stdlib only), before the agent zipapp is there.
+_SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(edgekit.device.__file__)), "remote_helper.py")
 _source_cache: List[str] = []
 
 

@@ -18,7 +18,7 @@ import re
 import shlex
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .targets import LOCAL, Target, parse_target
 
 _FIX_YAML = "write a list of entries like '- nvidia@orin.local' or '- {name: orin, host: 10.0.0.2, user: nvidia}' (see docs/deploy.md)"

@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import paramiko
 
-from ..errors import EdgekitError
+from edgekit.contract.agent_command import AgentCall
+from edgekit.contract.errors import EdgekitError
 from . import agent as agent_cli
 from .events import Events
 from .helper import RemoteHelper
@@ -54,7 +55,7 @@ class DeployOptions:
     results_dir: str = DEFAULT_RESULTS_DIR
     run: bool = True  # False: preflight, sync and doctor only
     doctor: bool = True
-    agent_args: Sequence[str] = ()  # passed to `agent run`
+    agent: AgentCall = dataclasses.field(default_factory=AgentCall)  # what `agent run` is asked
     run_timeout: float = 3600.0
     doctor_timeout: float = 120.0
 
@@ -202,14 +203,14 @@ def _deploy_local(host, helper, python, bundle, agent_path, options, outcome, st
     check_probe(probe, host.name, python, need_dir=False)
     if options.doctor:
         stages.enter("doctor")
-        check_doctor(helper.run(agent_cli.doctor_argv(python, agent_path, bundle.path, options.agent_args), options.doctor_timeout), host.name)
+        check_doctor(helper.run(options.agent.doctor_argv(python, agent_path, bundle.path), options.doctor_timeout), host.name)
     if not options.run:
         return
     stages.enter("run")
     fd, out_file = tempfile.mkstemp(prefix="edgekit-result-", suffix=".json")
     os.close(fd)
     try:
-        argv = agent_cli.run_argv(python, agent_path, bundle.path, out_file, None, options.agent_args)
+        argv = options.agent.run_argv(python, agent_path, bundle.path, out_file)
         res = _run_agent(host, argv, options, outcome.target, events, outcome)
         stages.enter("fetch")
         with open(out_file, "rb") as f:
@@ -267,7 +268,7 @@ class _Preflight(threading.Thread):
                         return
                 if not self.stop.is_set():
                     self.events.stage(self.outcome.target, "doctor", "while the files travel")
-                check_doctor(self.helper.run(agent_cli.doctor_argv(self.python, self.remote_agent, self.remote_bundle, self.options.agent_args), self.options.doctor_timeout), self.host.name)
+                check_doctor(self.helper.run(self.options.agent.doctor_argv(self.python, self.remote_agent, self.remote_bundle), self.options.doctor_timeout), self.host.name)
         except BaseException as exc:  # handed to the main thread
             self.error = exc
 
@@ -353,7 +354,7 @@ def _deploy_remote(host: SSHHost, helper, python, bundle, agent_path, agent_sha,
     stages.enter("run")
     out_file = posixpath.join(root, "results", "%s-%s.json" % (host_timestamp(), uuid.uuid4().hex[:8]))
     make_dirs(sftp, root, ["results/x"])
-    argv = agent_cli.run_argv(python, remote_agent, remote_bundle, out_file, posixpath.join(root, "engines"), options.agent_args)
+    argv = options.agent.run_argv(python, remote_agent, remote_bundle, out_file, posixpath.join(root, "engines"))
     res = _run_agent(host, argv, options, outcome.target, events, outcome)
     stages.enter("fetch")
     try:

@@ -3,7 +3,7 @@ interpreter version, remote folder, free disk for what must be sent, and the
 agent's ``doctor`` for what the bundle needs (runtime libraries)."""
 from typing import Any, Dict
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from . import agent as agent_cli
 
 MIN_PYTHON = (3, 8)

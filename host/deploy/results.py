@@ -1,6 +1,6 @@
 """The host's results store: ``results/<target>/<bundle>/<timestamp>.json``.
 
-Each file is the agent's result (edgekit.device.result) plus a ``deploy`` key the
+Each file is the agent's result (edgekit.contract.result) plus a ``deploy`` key the
 host adds: which target and bundle, how the files got there (sync statistics),
 and each variant's size, parameters and MACs from the manifest, so a result
 file is enough to draw a report even after the bundle is gone.
@@ -11,9 +11,9 @@ import os
 import tempfile
 from typing import Any, Dict, Optional, Tuple
 
-from edgekit.device.result import validate_result
+from edgekit.contract.result import validate_result
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .targets import safe_component
 
 DEFAULT_RESULTS_DIR = "results"

@@ -5,9 +5,9 @@ import tempfile
 import threading
 from typing import List, Optional, Sequence
 
-from edgekit.device.manifest import MANIFEST_NAME
+from edgekit.contract.manifest import MANIFEST_NAME
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .agent import build_agent
 from .events import Events
 from .fleet import DEFAULT_JOBS, run_fleet
@@ -61,7 +61,7 @@ def deploy(
         else:
             if not os.path.isfile(agent):
                 raise EdgekitError("agent %s does not exist" % agent, "pass a file built by edgekit, or leave --agent out")
-            from edgekit.device.manifest import sha256_file
+            from edgekit.contract.manifest import sha256_file
 
             agent_path, agent_sha = os.path.abspath(agent), sha256_file(agent)
 

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .ssh import Connection
 
 LineHandler = Callable[[str], None]

@@ -16,7 +16,7 @@ from typing import Any, List, Optional, Tuple
 
 import paramiko
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .targets import Target
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"

@@ -27,9 +27,9 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence
 import paramiko
 from paramiko.sftp import CMD_WRITE, int64
 
-from edgekit.device.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from edgekit.contract.manifest import MANIFEST_NAME, read_manifest, sha256_file
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .helper import RemoteHelper
 from .shell import SSHHost, check_cancel
 

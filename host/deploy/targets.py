@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 import paramiko
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 LOCAL = "local"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"

@@ -16,7 +16,7 @@ from typing import List, Sequence, Tuple
 import onnx
 import torch
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 from . import EXPORTERS
 INPUT_NAME = "images"

@@ -4,7 +4,7 @@ from typing import Dict, Iterable, List, Sequence
 
 import onnx
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 def _walk(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:

@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .session import open_session
 
 

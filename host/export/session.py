@@ -1,7 +1,7 @@
 """ONNX Runtime sessions on the host, with load failures turned into one-line errors."""
 import os
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 def open_session(path: str, threads: int = 0, optimize: bool = True):  # -> onnxruntime.InferenceSession

@@ -20,7 +20,7 @@ from .checkpoint import PRUNED_FORMAT, load_pruned_state, save_pruned
 from .config import CRITERIA, SPARSITY_KINDS, STRATEGIES, PruneConfig
 from .core import PruneResult, prune_model, stack_images
 from .recovery import finetune, recalibrate_bn, recover
-from .report import REPORT_JSON, REPORT_PNG, PruneReport
+from edgekit.host.prune.summary import REPORT_JSON, REPORT_PNG, PruneReport
 from .slimming import DEFAULT_COEFFICIENT, add_bn_l1_grad, bn_l1_penalty, bn_scale_summary
 from .sparsity import reapply_masks
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 PRUNED_FORMAT = "edgekit-pruned/1"
 # Size attributes, per layer type, that pruning changes.

@@ -2,7 +2,7 @@
 import dataclasses
 from typing import List, Optional, Tuple
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 CRITERIA = ("l1", "bn")
 STRATEGIES = ("uniform", "global", "sensitivity")

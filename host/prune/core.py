@@ -6,7 +6,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from . import graph as G
 from . import sparsity as S
 from . import strategies
@@ -15,7 +15,7 @@ from .config import PruneConfig
 from .groups import apply_plan, collect_groups
 from .macs import MacsModel
 from .metrics import count_macs_params, state_dict_bytes
-from .report import PruneReport
+from edgekit.host.prune.summary import PruneReport
 from .sensitivity import measure_damage
 
 Progress = Optional[Callable[[str, int, int], None]]

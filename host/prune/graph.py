@@ -15,7 +15,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning import ops
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 # Layers whose channel counts pruning may change and alignment is checked on.
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)

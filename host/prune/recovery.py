@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .core import stack_images
 from .losses import distillation_loss
 from .sparsity import Masks, reapply_masks

@@ -11,7 +11,7 @@ import torch
 from edgekit.calibration.images import load_images
 from edgekit.calibration.preprocess import PreprocessSpec
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from . import sparsity as S
 from .checkpoint import save_pruned
 from .config import PruneConfig

@@ -18,7 +18,7 @@ import onnx
 from edgekit.calibration.images import ImageBatch
 from edgekit.calibration.readers import ImageBatchReader
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 METHODS = ("minmax", "entropy", "percentile")
 # Intermediate tensors kept at once while calibrating (bytes); override with

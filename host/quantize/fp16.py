@@ -13,7 +13,7 @@ import warnings
 
 import onnx
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from ..profiles import Profile
 
 

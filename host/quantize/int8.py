@@ -24,14 +24,14 @@ import onnx
 from edgekit.calibration import trt_cache
 from edgekit.calibration.images import ImageBatch
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from ..export.session import open_session
 from ..profiles import Profile
 from .calibrate import calibrate, tensor_range, unify_ranges
-from .graph import decode_tail, name_nodes, residual_adds, shared_scale_groups, tail_inputs
+from edgekit.host.quantize.qdq_graph import decode_tail, name_nodes, residual_adds, shared_scale_groups, tail_inputs
 from .placement import qdq_tensors, quantize_residual_skips, unquantize_tensors
 from .schemes import Scheme, op_types_to_quantize, scheme_for
-from .sensitivity import Unit, output_sqnr, rank_units
+from edgekit.host.quantize.layer_sqnr import Unit, output_sqnr, rank_units
 
 # Images used to measure SQNR and rank layers (a subset of the calibration set).
 CHECK_IMAGES = 8

@@ -13,7 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .calibrate import tensor_range
-from .graph import GraphIndex
+from edgekit.host.quantize.qdq_graph import GraphIndex
 
 
 def _is_dequantized(index: GraphIndex, tensor: str) -> bool:

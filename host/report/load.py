@@ -4,9 +4,9 @@ import json
 import os
 from typing import Any, Dict, List, Sequence, Tuple
 
-from edgekit.device.result import validate_result
+from edgekit.contract.result import validate_result
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 DEFAULT_RESULTS = "results"
 

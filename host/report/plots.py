@@ -8,7 +8,7 @@
 import os
 from typing import List, Optional, Sequence
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .table import Row
 
 

@@ -10,7 +10,7 @@ its first variant), or the variant named by ``baseline``.
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .load import LoadedResult
 
 

@@ -5,7 +5,7 @@ import io
 import os
 from typing import Callable, Optional, Sequence
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from .table import PIVOTS, Row, cell, pivot, used_columns
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from edgekit.host.demo import CATEGORY_IDS, CLASS_NAMES, GENERATOR_VERSION, demo_data
 from edgekit.host.demo.data import CALIB_IMAGES, VAL_IMAGES, write_split
-from edgekit.host.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 def _split_files(folder):

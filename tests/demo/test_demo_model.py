@@ -17,7 +17,7 @@ from edgekit.host.demo import (
     postprocess_spec,
     preprocess_spec,
 )
-from edgekit.host.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 README_LINE = re.compile(r"^Demo detector on its validation split \(pycocotools\): mAP@0\.5:0\.95 = (0\.\d{3}), mAP@0\.5 = (0\.\d{3})$", re.M)
 

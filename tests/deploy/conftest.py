@@ -217,13 +217,13 @@ def silent_port():
 
 
 def write_synthetic_bundle(out_dir: str, name: str, files: dict) -> str:
-    """A valid bundle (manifest per edgekit.device.manifest) holding ``files`` {rel: bytes}.
+    """A valid bundle (manifest per edgekit.contract.manifest) holding ``files`` {rel: bytes}.
 
     The first file is its one variant's model; the contents are arbitrary bytes:
     enough for the transfer tests, which never run the agent on it.
     """
-    from edgekit.device.result import utc_now
-    from edgekit.host.bundle_writer import BundleWriter
+    from edgekit.contract.result import utc_now
+    from edgekit.host.bundle.writer import BundleWriter
 
     rels = list(files)
     with BundleWriter(out_dir) as writer:

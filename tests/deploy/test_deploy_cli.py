@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edgekit.device.result import validate_result
+from edgekit.contract.result import validate_result
 
 # Few iterations and a small evaluation keep these tests quick; the numbers are still real.
 FAST = ["--iterations", "5", "--warmup", "1"]

@@ -1,4 +1,4 @@
-"""`edgekit report` from hand-written results shaped per edgekit.device.result."""
+"""`edgekit report` from hand-written results shaped per edgekit.contract.result."""
 import csv
 import json
 import os
@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from edgekit.device.result import finish, new_result, new_run
-from edgekit.host.errors import EdgekitError
+from edgekit.contract.result import finish, new_result, new_run
+from edgekit.contract.errors import EdgekitError
 from edgekit.host.report.load import load_results
 from edgekit.host.report.make import make_report
 from edgekit.host.report.plots import pareto_front

@@ -8,7 +8,7 @@ import pytest
 from edgekit.host.deploy.shell import SSHHost, quote_command
 from edgekit.host.deploy.ssh import connect
 from edgekit.host.deploy.targets import parse_target
-from edgekit.host.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 pytestmark = pytest.mark.ssh
 

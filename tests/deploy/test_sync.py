@@ -10,7 +10,7 @@ from edgekit.host.deploy.shell import SSHHost
 from edgekit.host.deploy.ssh import connect
 from edgekit.host.deploy.sync import bundle_rel, deploy_files, load_local_bundle, partial_name, plan_sync, sync, upload
 from edgekit.host.deploy.targets import parse_target
-from edgekit.host.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 pytestmark = pytest.mark.ssh
 

@@ -5,7 +5,7 @@ import pytest
 
 from edgekit.host.deploy.inventory import load_inventory, parse_ansible_ini, parse_yaml_list
 from edgekit.host.deploy.targets import parse_target, safe_component
-from edgekit.host.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 def test_user_host_port_and_local(tmp_path):

@@ -67,7 +67,7 @@ def load_manifest(bundle: str) -> dict:
 
 def rewrite_bundle(src: str, dst: str, edit_manifest=None, replace_files: Optional[Dict[str, bytes]] = None) -> str:
     """A consistent new bundle (hashes recomputed by BundleWriter) from an existing one."""
-    from edgekit.host.bundle_writer import BundleWriter
+    from edgekit.host.bundle.writer import BundleWriter
 
     manifest = load_manifest(src)
     replace_files = replace_files or {}
@@ -152,7 +152,7 @@ def relabelled_bundle(src: str, dst: str) -> str:
     """The bundle with pseudo-labels and host reference metrics recomputed by the host's own code."""
     from edgekit.calibration.preprocess import PreprocessSpec
     from edgekit.device.postprocess import PostprocessSpec
-    from edgekit.host.build.reference import evaluate_onnx
+    from edgekit.host.bundle.reference import evaluate_onnx
 
     manifest = load_manifest(src)
     ann_rel = manifest["eval"]["annotations"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit.device.result import validate_result
+from edgekit.contract.result import validate_result
 
 CLASSES = 10
 IMAGES = 16
@@ -17,8 +17,8 @@ def classify_bundle(tmp_path_factory):
     from torch import nn
 
     from edgekit.calibration.preprocess import PreprocessSpec, preprocess_file
-    from edgekit.device._version import __version__
-    from edgekit.host.bundle_writer import BundleWriter
+    from edgekit.contract._version import __version__
+    from edgekit.host.bundle.writer import BundleWriter
 
     root = tmp_path_factory.mktemp("classify")
     torch.manual_seed(0)

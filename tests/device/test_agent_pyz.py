@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from edgekit.device.manifest import sha256_file
-from edgekit.device.result import validate_result
+from edgekit.contract.manifest import sha256_file
+from edgekit.contract.result import validate_result
 from edgekit.host.agent_pyz import build_agent_pyz
 
 

@@ -2,7 +2,7 @@
 import json
 
 from edgekit.device.coco_eval import STAT_NAMES
-from edgekit.device.result import LATENCY_KEYS, validate_result
+from edgekit.contract.result import LATENCY_KEYS, validate_result
 
 
 def test_run_returns_a_valid_result_for_every_variant(scored_run, scored_bundle, tools):

@@ -6,8 +6,8 @@ import resource
 
 import pytest
 
-from edgekit.device.result import validate_result
-from edgekit.host.bundle_writer import pack_tar
+from edgekit.contract.result import validate_result
+from edgekit.host.bundle.writer import pack_tar
 
 
 def _single_line_error(stderr: str) -> str:

@@ -9,8 +9,8 @@ import sys
 
 from edgekit.device import environment, sysinfo
 from edgekit.device.doctor import diagnose, install_lines
-from edgekit.device.progress import Progress
-from edgekit.device.table import render_doctor, render_info, render_result
+from edgekit.contract.agent_events import Progress
+from edgekit.device.text_table import render_doctor, render_info, render_result
 
 ORIN_TEGRA_RELEASE = "# R35 (release), REVISION: 3.1, GCID: 32827747, BOARD: t186ref, EABI: aarch64, DATE: Sun Mar 19 15:19:21 UTC 2023\n"
 JP6_TEGRA_RELEASE = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n"

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from edgekit.device.latency import measure, median, percentile, stage_summary, summarize, throughput_fps
-from edgekit.device.result import LATENCY_KEYS
+from edgekit.contract.result import LATENCY_KEYS
 
 
 def test_percentiles_are_trtexecs_nearest_rank():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from edgekit.device.backends import tensorrt_runner
-from edgekit.device.result import validate_result
+from edgekit.contract.result import validate_result
 from edgekit.device.runner import Options, run_bundle
 
 FAKE_INFO = {

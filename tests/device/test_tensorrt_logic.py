@@ -11,7 +11,7 @@ from edgekit.device.backends import engine_cache
 from edgekit.device.backends.base import CannotRun
 from edgekit.device.backends.select import choose_backend
 from edgekit.device.backends.tensorrt_api import load_calibration_cache, parse_version, plan_build, select_api
-from edgekit.device.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from edgekit.host.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from edgekit.host.profiles import builtin_names, load_profile
 
 EXPECTED = {

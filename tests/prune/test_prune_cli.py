@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edgekit.host.loading import load_model
+from edgekit.host.model.loading import load_model
 
 
 @pytest.fixture()

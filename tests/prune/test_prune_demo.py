@@ -89,7 +89,7 @@ def test_global_ranking_prunes_layers_unequally(demo_model, demo_input):
 
 
 def test_sensitivity_needs_images(demo_model, demo_input):
-    from edgekit.host.errors import EdgekitError
+    from edgekit.contract.errors import EdgekitError
 
     with pytest.raises(EdgekitError, match="calibration images"):
         prune_model(demo_model, demo_input, PruneConfig(strategy="sensitivity", target_macs=0.5))

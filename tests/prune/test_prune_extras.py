@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from edgekit.host.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from edgekit.host.prune import (
     PruneConfig,
     add_bn_l1_grad,

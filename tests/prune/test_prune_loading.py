@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from edgekit.host.errors import EdgekitError
-from edgekit.host.loading import load_model
+from edgekit.contract.errors import EdgekitError
+from edgekit.host.model.loading import load_model
 
 
 def test_file_factory_with_state_dict_weights(zoo_file, tmp_path):
@@ -106,8 +106,8 @@ def test_onnx_input_skips_the_module(tmp_path, zoo):
     [
         ("nosuchfile.pt", "does not exist"),
         ("no_such_module_xyz:factory", "cannot import module"),
-        ("edgekit.host.loading:nothing_here", "has no callable"),
-        ("edgekit.host.loading:_short", "raised TypeError"),
+        ("edgekit.host.model.loading:nothing_here", "has no callable"),
+        ("edgekit.host.model.loading:_short", "raised TypeError"),
         ("something", "cannot tell what model"),
         ("missing.onnx", "does not exist"),
     ],

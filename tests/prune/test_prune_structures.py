@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.host.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from edgekit.host.prune import PruneConfig, prune_model
 from edgekit.host.prune import graph as G
 from edgekit.host.prune.groups import apply_plan, collect_groups

@@ -13,7 +13,7 @@ import torch
 
 from edgekit.calibration.images import ImageBatch
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from ..prune import PruneConfig
 from ..prune.run import prune_and_recover
 

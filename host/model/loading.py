@@ -22,10 +22,9 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
-TASKS = ("detect", "classify")
-LAYOUTS = ("yolov5", "yolov8", "boxes", "logits")
+from edgekit.contract.words import OUTPUT_LAYOUTS as LAYOUTS, TASKS
 _CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin")
 _TORCHSCRIPT_EXTENSIONS = (".torchscript", ".ts", ".jit", ".ptl")
 # COCO's 80 detection classes map onto category ids 1..90 with gaps.
@@ -108,7 +107,7 @@ def _add_code_path(code_path: str) -> None:
 
 
 def _load_demo(weights: Optional[str]) -> LoadedModel:
-    from .demo import CATEGORY_IDS, CLASS_NAMES, INPUT_SIZE, build_demo_model, load_demo_model
+    from edgekit.host.demo import CATEGORY_IDS, CLASS_NAMES, INPUT_SIZE, build_demo_model, load_demo_model
 
     notes: List[str] = []
     if weights:
@@ -321,7 +320,7 @@ def _load_weights(module, path: str) -> Tuple[List[str], Dict[str, Any]]:
     """Load a state_dict (or a pruned model from edgekit prune) into ``module``; returns notes and metadata."""
     import torch
 
-    from .prune.checkpoint import is_pruned_checkpoint, load_pruned_state
+    from edgekit.host.prune.checkpoint import is_pruned_checkpoint, load_pruned_state
 
     if not os.path.isfile(path):
         raise EdgekitError("weights file %s does not exist" % path, "check the --weights path")

@@ -1,7 +1,7 @@
 """``edgekit build``: model -> (prune) -> ONNX -> simplify -> parity -> int8/fp16 -> bundle.
 
 One call, :func:`build_bundle`, builds every requested (pruning ratio x
-precision) variant into one bundle folder (see edgekit.device.manifest for its
+precision) variant into one bundle folder (see edgekit.contract.manifest for its
 contract). The folder is assembled in a temporary directory by BundleWriter
 and renamed into place only when complete: any error leaves nothing behind.
 """
@@ -12,17 +12,17 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from edgekit.calibration.images import ImageBatch, discover_images, load_images
-from edgekit.device._version import __version__
-from edgekit.device.manifest import FORMAT
+from edgekit.contract._version import __version__
+from edgekit.contract.manifest import FORMAT
 
-from ..bundle_writer import BundleWriter, pack_tar
-from ..errors import EdgekitError
-from .. import export as X  # torch-free until a stage needs it (PEP 562 lazy names)
-from .eval_set import EvalSet, category_check, load_eval_set, write_eval_set
-from .options import BuildOptions, Plan, resolve, variant_name
-from .progress import Callback, Reporter
-from .reference import evaluate_onnx
-from .source import ModelSource, _stem, load_source
+from edgekit.host.bundle.writer import BundleWriter, pack_tar
+from edgekit.contract.errors import EdgekitError
+from edgekit.host import export as X  # torch-free until a stage needs it (PEP 562 lazy names)
+from edgekit.host.bundle.eval_set import EvalSet, category_check, load_eval_set, write_eval_set
+from edgekit.host.bundle.options import BuildOptions, Plan, resolve, variant_name
+from edgekit.host.bundle.stages import Callback, Reporter
+from edgekit.host.bundle.reference import evaluate_onnx
+from edgekit.host.model.source import ModelSource, _stem, load_source
 
 
 @dataclasses.dataclass
@@ -158,7 +158,7 @@ class _Build(object):
     def model_for(self, ratio: float) -> Any:
         if ratio <= 0:
             return self.source.module
-        from .pruning import prune_for_bundle
+        from edgekit.host.bundle.pruning import prune_for_bundle
 
         name = variant_name(ratio, "prune").rsplit("-", 1)[0]
         with self.r.stage("prune", name) as info:
@@ -176,7 +176,7 @@ class _Build(object):
         final = os.path.join(self.tmp, "%s.onnx" % label)
         if model is None:  # the input was already ONNX
             with self.r.stage("export", label) as info:
-                from ..export.session import open_session
+                from edgekit.host.export.session import open_session
 
                 open_session(self.source.onnx_path)
                 raw = self.source.onnx_path
@@ -206,7 +206,7 @@ class _Build(object):
 
     def torch_reference(self, ratio: float, model: Any) -> List[Any]:
         """PyTorch's outputs on the parity images, computed once per pruning ratio."""
-        from ..export.parity import run_torch
+        from edgekit.host.export.parity import run_torch
 
         if ratio not in self.torch_outputs:
             self.torch_outputs[ratio] = run_torch(model, self.parity_inputs())
@@ -217,7 +217,7 @@ class _Build(object):
         mismatch (float graphs); otherwise the numbers are only recorded (int8, fp16)."""
         if model is None or self.calib is None:
             return None
-        from ..export.parity import compare, run_onnx
+        from edgekit.host.export.parity import compare, run_onnx
 
         with self.r.stage("parity", label) as info:
             reference = self.torch_reference(ratio, model)
@@ -263,7 +263,7 @@ class _Build(object):
             self.build_int8(ratio, model, fp32_path, fp32_rel)
 
     def build_fp16(self, ratio: float, model: Any, fp32_path: str, fp32_rel: Optional[str], parity: Optional[Dict[str, Any]]) -> None:
-        from ..quantize.fp16 import needs_fp16_graph, to_fp16
+        from edgekit.host.quantize.fp16 import needs_fp16_graph, to_fp16
 
         name = variant_name(ratio, "fp16")
         if not needs_fp16_graph(self.profile):
@@ -285,7 +285,7 @@ class _Build(object):
             entry["notes"].append("fp16 graph not run on the host: its ONNX Runtime has no fp16 kernels for it")
 
     def build_int8(self, ratio: float, model: Any, fp32_path: str, fp32_rel: Optional[str]) -> None:
-        from ..quantize import quantize_int8
+        from edgekit.host.quantize import quantize_int8
 
         name = variant_name(ratio, "int8")
         rel = "models/%s.onnx" % name

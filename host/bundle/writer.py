@@ -3,7 +3,7 @@ the destination, the manifest (with every file's sha256) is written last, and
 the folder is renamed into place only when complete. A failed build leaves no
 folder that could be mistaken for a bundle.
 
-The manifest's shape is defined in edgekit.device.manifest.
+The manifest's shape is defined in edgekit.contract.manifest.
 """
 import json
 import os
@@ -12,9 +12,9 @@ import tarfile
 import tempfile
 from typing import Any, Dict, Optional
 
-from edgekit.device.manifest import FORMAT, MANIFEST_NAME, check_relative_path, sha256_file, validate_manifest
+from edgekit.contract.manifest import FORMAT, MANIFEST_NAME, check_relative_path, sha256_file, validate_manifest
 
-from .errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 class BundleWriter(object):

@@ -53,11 +53,10 @@ import os
 from typing import Any, Dict, List, Optional
 
 from .errors import EdgekitError
+from .words import PRECISIONS, TASKS
 
 FORMAT = "edgekit-bundle/1"
 MANIFEST_NAME = "manifest.json"
-TASKS = ("detect", "classify")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 REQUIRED_KEYS = ("format", "name", "created", "edgekit_version", "profile", "task", "input", "preprocess", "postprocess", "variants", "files")
 VARIANT_KEYS = ("name", "precision", "file")

@@ -16,7 +16,7 @@ def demo() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the paths as JSON.")
 def data_cmd(out: Optional[str], train: bool, as_json: bool) -> None:
     """Generate the demo data if needed and print where it is."""
-    from . import demo_data
+    from edgekit.host.demo import demo_data
 
     data = demo_data(out, train=train)
     if as_json:
@@ -33,7 +33,9 @@ def data_cmd(out: Optional[str], train: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the 12 COCO stats as JSON.")
 def eval_cmd(weights: Optional[str], data_dir: Optional[str], limit: Optional[int], as_json: bool) -> None:
     """COCO mAP of the demo detector on its validation split (PyTorch, CPU)."""
-    from . import demo_data, evaluate_torch, load_demo_model
+    from edgekit.host.demo import demo_data
+    from edgekit.host.demo import evaluate_torch
+    from edgekit.host.demo import load_demo_model
 
     model = load_demo_model(weights=weights)
     stats = evaluate_torch(model, demo_data(data_dir), limit=limit)
@@ -50,7 +52,7 @@ def eval_cmd(weights: Optional[str], data_dir: Optional[str], limit: Optional[in
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads; 1 is fastest on a shared CPU.")
 def train_cmd(out: Optional[str], epochs: Optional[float], data_dir: Optional[str], threads: int) -> None:
     """Train the demo detector from scratch on CPU (reproducible; takes a while)."""
-    from . import WEIGHTS_PATH
-    from .train import DEFAULT_EPOCHS, train_demo
+    from edgekit.host.demo import WEIGHTS_PATH
+    from edgekit.host.demo.train import DEFAULT_EPOCHS, train_demo
 
     train_demo(out or WEIGHTS_PATH, epochs if epochs is not None else DEFAULT_EPOCHS, data_dir, threads=threads, log=click.echo)

@@ -14,7 +14,7 @@ from edgekit.calibration.preprocess import PreprocessSpec, preprocess_file
 from edgekit.device.coco_eval import DetectionCollector, evaluate, load_coco
 from edgekit.device.postprocess import PostprocessSpec, postprocess
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from ..export.session import open_session
 
 

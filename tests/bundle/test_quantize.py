@@ -8,8 +8,8 @@ from edgekit.calibration import trt_cache
 from edgekit.host.profiles import load_profile
 from edgekit.host.quantize import quantize_int8
 from edgekit.host.quantize.calibrate import calibrate, chunk_size, tensor_range
-from edgekit.host.quantize.graph import decode_tail, name_nodes, residual_adds, shared_scale_groups, tail_inputs
-from edgekit.host.quantize.sensitivity import output_parts, output_sqnr, sqnr_db, weight_sqnr
+from edgekit.host.quantize.qdq_graph import decode_tail, name_nodes, residual_adds, shared_scale_groups, tail_inputs
+from edgekit.host.quantize.layer_sqnr import output_parts, output_sqnr, sqnr_db, weight_sqnr
 
 
 def _inits(model):

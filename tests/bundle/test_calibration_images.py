@@ -7,7 +7,7 @@ import pytest
 from edgekit.calibration.images import discover_images, load_images, sample_paths
 from edgekit.calibration.preprocess import PreprocessSpec, load_rgb
 from edgekit.calibration.readers import ImageBatchReader, folder_reader
-from edgekit.device.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 def test_discovery_is_recursive_sorted_and_by_extension(image_folder):

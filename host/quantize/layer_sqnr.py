@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import GraphIndex
+from edgekit.host.quantize.qdq_graph import GraphIndex
 
 EPS = 1e-12
 

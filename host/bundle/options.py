@@ -3,7 +3,7 @@ import dataclasses
 import os
 from typing import List, Optional, Sequence, Tuple, Union
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from ..export import EXPORTERS
 from ..profiles import CALIB_METHODS, Profile, load_profile
 

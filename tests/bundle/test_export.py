@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.device.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 from edgekit.host.export import check_operators, check_parity, compare, export_onnx, op_counts, open_session, simplify_onnx
 
 

@@ -4,10 +4,10 @@ import os
 import onnx
 import pytest
 
-from edgekit.device.manifest import load_bundle
-from edgekit.host.build import BuildOptions, build_bundle, parse_prune, variant_name
+from edgekit.contract.manifest import load_bundle
+from edgekit.host.bundle import BuildOptions, build_bundle, parse_prune, variant_name
 from edgekit.host.profiles import load_profile
-from edgekit.device.errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 def test_variant_names_and_prune_lists():

@@ -1,6 +1,6 @@
 """What the build starts from: a model plus how its inputs and outputs are read.
 
-Wraps ``edgekit.host.loading.load_model`` (``--model``: ``demo``, a
+Wraps ``edgekit.host.model.loading.load_model`` (``--model``: ``demo``, a
 checkpoint, or an ONNX file) and adds what the bundle needs besides the
 network: the preprocess/postprocess specs, and for the demo its own
 calibration and evaluation images so that ``edgekit build --profile cpu``
@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 from edgekit.calibration.preprocess import PreprocessSpec
 from edgekit.device.postprocess import PostprocessSpec
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 
 @dataclasses.dataclass
@@ -57,12 +57,12 @@ def load_source(
     trust_checkpoint: bool = False,
     code_path: Optional[str] = None,
 ) -> ModelSource:
-    """Load ``--model`` (edgekit.host.loading) and settle the input size:
+    """Load ``--model`` (edgekit.host.model.loading) and settle the input size:
     ``--input-size``, else the model's own (what it was trained or exported
     at), else the profile's."""
     if ref == "demo" and weights is None and not pretrained:
         return _demo_source(input_size, pretrained=False)
-    from edgekit.host.loading import load_model
+    from edgekit.host.model.loading import load_model
 
     loaded = load_model(ref=ref, weights=weights, trust_checkpoint=trust_checkpoint, code_path=code_path)
     if loaded.task != "detect":
@@ -111,7 +111,7 @@ def _size(spec: PreprocessSpec, size: Sequence[int]) -> PreprocessSpec:
 
 
 def _demo_source(input_size: Optional[Tuple[int, int]], pretrained: bool = True) -> ModelSource:
-    """The demo without edgekit.host.loading: only for its untrained network (tests, benchmarks)."""
+    """The demo without edgekit.host.model.loading: only for its untrained network (tests, benchmarks)."""
     from edgekit.host import demo
 
     module = demo.load_demo_model(pretrained=pretrained)

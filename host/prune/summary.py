@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from .alignment import LayerRow
+from edgekit.host.prune.alignment import LayerRow
 
 REPORT_JSON = "prune_report.json"
 REPORT_PNG = "prune_channels.png"

@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from edgekit.calibration import trt_cache
-from edgekit.device.manifest import load_bundle, sha256_file, verify_files
+from edgekit.contract.manifest import load_bundle, sha256_file, verify_files
 
 
 def test_cpu_bundle_is_complete_and_hashed(cpu_bundle, cpu_build):
@@ -47,7 +47,7 @@ def test_host_metrics_are_reproducible_from_the_bundle(cpu_bundle):
     """The stored reference is what the shared pipeline gives on the bundle's own eval set."""
     from edgekit.calibration.preprocess import PreprocessSpec
     from edgekit.device.postprocess import PostprocessSpec
-    from edgekit.host.build.reference import evaluate_onnx
+    from edgekit.host.bundle.reference import evaluate_onnx
 
     manifest = load_bundle(cpu_bundle, verify=False)
     v = manifest["variants"][1]
@@ -102,7 +102,7 @@ def test_int8_loses_at_most_one_map_point_on_the_demo_validation_set(which, requ
     """Host ONNX Runtime, the whole demo validation split, the shipped (trained) weights."""
     from edgekit.calibration.preprocess import PreprocessSpec
     from edgekit.device.postprocess import PostprocessSpec
-    from edgekit.host.build.reference import evaluate_onnx
+    from edgekit.host.bundle.reference import evaluate_onnx
     from edgekit.host.demo import demo_data
 
     bundle = request.getfixturevalue("%s_bundle" % which)

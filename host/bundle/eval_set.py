@@ -13,9 +13,9 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
-from edgekit.device.manifest import check_relative_path
+from edgekit.contract.manifest import check_relative_path
 
-from ..errors import EdgekitError
+from edgekit.contract.errors import EdgekitError
 
 ANNOTATION_NAMES = ("instances.json", "annotations.json", "val.json")
 

@@ -1,0 +1,1 @@
+"""Loading a model and describing it: checkpoints, factories, ONNX files, the built-in demo."""
