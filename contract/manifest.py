@@ -72,10 +72,6 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def check_relative_path(rel: str, what: str = "path") -> str:
     """Reject manifest paths that are absolute or climb out of the bundle."""
     if not isinstance(rel, str) or not rel:
@@ -200,3 +196,135 @@ def find_variant(manifest: Dict[str, Any], name: str) -> Dict[str, Any]:
         "bundle %s has no variant %r" % (manifest.get("name"), name),
         "use one of %s" % ", ".join(v["name"] for v in manifest["variants"]),
     )
+
+
+# --- typed records ---------------------------------------------------------------
+# The manifest as records: the host builds a Manifest and writes to_dict(); the
+# agent reads with Manifest.from_dict(), which validates first. Free-form blocks
+# that only one side interprets (profile, model, build, a variant's prune /
+# calibration / quantization details) stay dicts inside the records.
+
+
+class TensorInfo(object):
+    def __init__(self, name: str, shape: List[Any], dtype: Optional[str] = None) -> None:
+        self.name = str(name)
+        self.shape = list(shape)
+        self.dtype = dtype
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {"name": self.name, "shape": list(self.shape)}  # type: Dict[str, Any]
+        if self.dtype is not None:
+            out["dtype"] = self.dtype
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TensorInfo":
+        return cls(data["name"], data["shape"], data.get("dtype"))
+
+
+class VariantRecord(object):
+    """One variant: name, precision, file, and the build's details about it
+    (prune, calibration, quantization, sparsity, simplified, parity,
+    host_metrics, notes, graph_precision, ...: docs/build.md)."""
+
+    def __init__(self, name: str, precision: str, file: str, details: Optional[Dict[str, Any]] = None) -> None:
+        self.name = name
+        self.precision = precision
+        self.file = file
+        self.details = dict(details or {})
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {"name": self.name, "precision": self.precision, "file": self.file}  # type: Dict[str, Any]
+        out.update(self.details)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "VariantRecord":
+        details = {k: v for k, v in data.items() if k not in VARIANT_KEYS}
+        return cls(data["name"], data["precision"], data["file"], details)
+
+
+class Manifest(object):
+    """manifest.json as a record (the keys are described in this module's docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        created: str,
+        edgekit_version: str,
+        profile: Dict[str, Any],
+        task: str,
+        input: TensorInfo,
+        preprocess: Dict[str, Any],
+        postprocess: Dict[str, Any],
+        variants: List[VariantRecord],
+        files: Optional[Dict[str, Dict[str, Any]]] = None,
+        outputs: Optional[List[TensorInfo]] = None,
+        model: Optional[Dict[str, Any]] = None,
+        eval: Optional[Dict[str, Any]] = None,
+        build: Optional[Dict[str, Any]] = None,
+        extra: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.name = name
+        self.created = created
+        self.edgekit_version = edgekit_version
+        self.profile = profile
+        self.task = task
+        self.input = input
+        self.preprocess = preprocess
+        self.postprocess = postprocess
+        self.variants = list(variants)
+        self.files = dict(files or {})
+        self.outputs = list(outputs or [])
+        self.model = model
+        self.eval = eval
+        self.build = build
+        self.extra = dict(extra or {})  # keys a newer host added: kept, never dropped
+
+    _KNOWN = ("format", "name", "created", "edgekit_version", "profile", "task", "input", "preprocess", "postprocess",
+              "variants", "files", "outputs", "model", "eval", "build")
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {
+            "format": FORMAT,
+            "name": self.name,
+            "created": self.created,
+            "edgekit_version": self.edgekit_version,
+            "profile": self.profile,
+            "task": self.task,
+            "model": self.model,
+            "input": self.input.to_dict(),
+            "outputs": [o.to_dict() for o in self.outputs],
+            "preprocess": self.preprocess,
+            "postprocess": self.postprocess,
+            "eval": self.eval,
+            "variants": [v.to_dict() for v in self.variants],
+            "build": self.build,
+            "files": self.files,
+        }  # type: Dict[str, Any]
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST_NAME) -> "Manifest":
+        validate_manifest(data, where)
+        return cls(
+            name=data["name"],
+            created=data["created"],
+            edgekit_version=data["edgekit_version"],
+            profile=data["profile"],
+            task=data["task"],
+            input=TensorInfo.from_dict(data["input"]),
+            preprocess=data["preprocess"],
+            postprocess=data["postprocess"],
+            variants=[VariantRecord.from_dict(v) for v in data["variants"]],
+            files=data["files"],
+            outputs=[TensorInfo.from_dict(o) for o in data.get("outputs") or []],
+            model=data.get("model"),
+            eval=data.get("eval"),
+            build=data.get("build"),
+            extra={k: v for k, v in data.items() if k not in cls._KNOWN},
+        )
+
+    def variant(self, name: str) -> VariantRecord:
+        return VariantRecord.from_dict(find_variant(self.to_dict(), name))

@@ -51,9 +51,11 @@ import datetime
 from typing import Any, Dict, List, Optional
 
 from ._version import __version__
+from .errors import EdgekitError
+from .words import RUN_STATUSES
 
 FORMAT = "edgekit-result/1"
-STATUSES = ("ok", "failed", "skipped")
+STATUSES = RUN_STATUSES
 LATENCY_KEYS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")
 STAGES = ("preprocess", "inference", "postprocess")
 
@@ -132,3 +134,57 @@ def validate_result(data: Any, where: str = "result") -> List[str]:
             if missing:
                 problems.append("%s: runs[%d].latency_ms lacks %s" % (where, i, ", ".join(missing)))
     return problems
+
+
+# --- typed records ---------------------------------------------------------------
+# The agent builds results as dicts (new_result/new_run above: one JSON object
+# grows as runs finish); the host reads them back through these records, which
+# validate first. Blocks only one side interprets stay dicts.
+
+
+class RunRecord(object):
+    """One run of one variant on one backend."""
+
+    def __init__(self, data: Dict[str, Any]) -> None:
+        self.variant = data["variant"]  # type: str
+        self.precision = data["precision"]  # type: str
+        self.backend = data["backend"]  # type: str
+        self.status = data["status"]  # type: str
+        self.error = data.get("error")  # type: Optional[str]
+        self.latency_ms = data.get("latency_ms")  # type: Optional[Dict[str, float]]
+        self.accuracy = data.get("accuracy")  # type: Optional[Dict[str, Any]]
+        self._data = dict(data)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(self._data)
+
+
+class ResultRecord(object):
+    """An agent result (format ``edgekit-result/1``), validated."""
+
+    def __init__(self, data: Dict[str, Any]) -> None:
+        self.ok = bool(data["ok"])
+        self.command = data.get("command")  # type: Optional[str]
+        self.device = data["device"]  # type: Dict[str, Any]
+        self.bundle = data["bundle"]  # type: Dict[str, Any]
+        self.runs = [RunRecord(r) for r in data["runs"]]
+        self.warnings = list(data.get("warnings") or [])
+        self.errors = list(data.get("errors") or [])
+        self._data = data
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = dict(self._data)
+        out["runs"] = [r.to_dict() for r in self.runs]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "result") -> "ResultRecord":
+        problems = validate_result(data, where)
+        if problems:
+            more = " (and %d more)" % (len(problems) - 1) if len(problems) > 1 else ""
+            raise EdgekitError("%s%s" % (problems[0], more), "rerun the agent of this edgekit version")
+        return cls(data)

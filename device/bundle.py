@@ -13,7 +13,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from edgekit.contract.errors import EdgekitError
-from edgekit.contract.manifest import MANIFEST_NAME, check_relative_path, find_variant, manifest_sha256, read_manifest, resolve, verify_files
+from edgekit.contract.manifest import MANIFEST_NAME, Manifest, check_relative_path, find_variant, manifest_sha256, read_manifest, resolve, verify_files
 
 
 def _safe_extract(tar_path: str, dest: str) -> str:
@@ -57,6 +57,7 @@ class Bundle(object):
     def __init__(self, root: str, manifest: Dict[str, Any], source: str, tmp: Optional[str] = None) -> None:
         self.root = root
         self.manifest = manifest
+        self.record = Manifest.from_dict(manifest)  # the typed view of the same manifest
         self.source = source
         self._tmp = tmp
         self.sha256 = manifest_sha256(root)

@@ -17,7 +17,6 @@ from typing import List, Tuple
 import edgekit.calibration
 import edgekit.contract
 import edgekit.device
-from edgekit.contract.manifest import sha256_file
 
 from edgekit.contract.errors import EdgekitError
 
@@ -75,7 +74,7 @@ def build_agent_pyz(out_path: str) -> str:
     """Write the agent zipapp to ``out_path`` (atomically) and return that path.
 
     Its sha256 is ``edgekit.contract.manifest.sha256_file(path)``, identical for
-    identical sources (see :func:`agent_pyz_sha256`).
+    identical sources.
     """
     out_path = os.path.abspath(out_path)
     directory = os.path.dirname(out_path)
@@ -102,7 +101,3 @@ def build_agent_pyz(out_path: str) -> str:
             pass
         raise
     return out_path
-
-
-def agent_pyz_sha256(path: str) -> str:
-    return sha256_file(path)

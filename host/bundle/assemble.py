@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from edgekit.calibration.images import ImageBatch, discover_images, load_images
 from edgekit.contract._version import __version__
-from edgekit.contract.manifest import FORMAT
+from edgekit.contract.manifest import Manifest, TensorInfo, VariantRecord
 
 from edgekit.host.bundle.writer import BundleWriter, pack_tar
 from edgekit.contract.errors import EdgekitError
@@ -155,6 +155,10 @@ class _Build(object):
 
     # -- per pruning ratio ------------------------------------------------------
 
+    def recover_unit(self) -> str:
+        # Recovery counts steps when given steps, else seconds of its time budget.
+        return "steps" if self.options.recover_steps else "s"
+
     def model_for(self, ratio: float) -> Any:
         if ratio <= 0:
             return self.source.module
@@ -163,7 +167,7 @@ class _Build(object):
         name = variant_name(ratio, "prune").rsplit("-", 1)[0]
         with self.r.stage("prune", name) as info:
             model, block = prune_for_bundle(
-                self.source, ratio, self.profile.alignment, self.calib, self.options, self.writer, name, on_step=lambda d, t: self.r.step("recover", name, d, t)
+                self.source, ratio, self.profile.alignment, self.calib, self.options, self.writer, name, on_step=self.r.counter("recover", name, self.recover_unit())
             )
             self.reports[ratio] = block
             info["detail"] = "params %d -> %d, MACs -%.0f%%" % (block["params"]["before"], block["params"]["after"], 100 * block["macs"]["reduction"])
@@ -337,23 +341,23 @@ class _Build(object):
                         annotations,
                         self.source.preprocess,
                         self.source.postprocess,
-                        progress=lambda d, t, name=v["name"]: self.r.step("evaluate", name, d, t),
+                        progress=self.r.counter("evaluate", v["name"], "images"),
                     )
                     info["detail"] = "mAP %.3f, mAP50 %.3f on %d images" % (stats["map"], stats["map50"], stats["images"])
                 done[v["file"]] = stats
             v["host_metrics"] = dict(done[v["file"]], runtime="onnxruntime-cpu")
 
     def manifest(self) -> Dict[str, Any]:
+        """The manifest, written through the contract's record (files are added by the writer)."""
         src = self.source
         input_name, input_shape, output_names, output_shapes = self.io
-        return {
-            "format": FORMAT,
-            "name": os.path.basename(self.plan.out_dir),
-            "created": _utc_now(),
-            "edgekit_version": __version__,
-            "profile": self.profile.to_dict(),
-            "task": src.task,
-            "model": {
+        record = Manifest(
+            name=os.path.basename(self.plan.out_dir),
+            created=_utc_now(),
+            edgekit_version=__version__,
+            profile=self.profile.to_dict(),
+            task=src.task,
+            model={
                 "name": src.name,
                 "source": src.source,
                 "params": _count_params(src.module),
@@ -361,20 +365,20 @@ class _Build(object):
                 "input_size": list(src.input_size),
                 "opset": self.plan.opset,
             },
-            "input": {"name": input_name, "shape": input_shape, "dtype": "float32"},
-            "outputs": [{"name": n, "shape": s} for n, s in zip(output_names, output_shapes)],
-            "preprocess": src.preprocess.to_dict(),
-            "postprocess": src.postprocess.to_dict(),
-            "eval": self.eval_block,
-            "variants": self.variants,
-            "build": {
+            input=TensorInfo(input_name, input_shape, "float32"),
+            outputs=[TensorInfo(n, s) for n, s in zip(output_names, output_shapes)],
+            preprocess=src.preprocess.to_dict(),
+            postprocess=src.postprocess.to_dict(),
+            eval=self.eval_block,
+            variants=[VariantRecord.from_dict(v) for v in self.variants],
+            build={
                 "stage_seconds": {k: round(v, 3) for k, v in self.r.seconds.items()},
                 "warnings": list(self.r.warnings),
                 "calibration_images": len(self.calib) if self.calib is not None else 0,
                 "seed": self.options.seed,
             },
-            "files": {},
-        }
+        )
+        return record.to_dict()
 
 
 def build_bundle(options: BuildOptions, progress: Optional[Callback] = None) -> BuildResult:

@@ -1,18 +1,12 @@
-"""Stage timing and progress events of a build.
-
-The pipeline reports plain dict events through one callback; the CLI draws
-them, tests and the benchmark read the timings. Events::
-
-    {"event": "stage", "stage": "export", "variant": "p30-fp32" | None,
-     "status": "start" | "done", "seconds": float, "detail": str}
-    {"event": "step", "stage": "evaluate", "variant": ..., "done": 12, "total": 250}
-    {"event": "warning", "message": str}
+"""Stage timing of a build, reported in the host's progress protocol
+(edgekit.host.progress): the CLI draws the events, tests and the benchmark
+read the timings.
 """
 import contextlib
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
-Callback = Callable[[Dict[str, Any]], None]
+from edgekit.host.progress import Callback, StepCounter
 
 
 class Reporter(object):
@@ -38,8 +32,9 @@ class Reporter(object):
         self.timeline.append({"stage": stage, "variant": variant, "seconds": round(seconds, 3)})
         self.emit({"event": "stage", "stage": stage, "variant": variant, "status": "done", "seconds": seconds, "detail": info["detail"]})
 
-    def step(self, stage: str, variant: Optional[str], done: int, total: int) -> None:
-        self.emit({"event": "step", "stage": stage, "variant": variant, "done": done, "total": total})
+    def counter(self, stage: str, variant: Optional[str], unit: str) -> StepCounter:
+        """A ``(done, total)`` callback for library code, emitting step events of ``stage``."""
+        return StepCounter(self.callback, stage, unit, variant)
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:  # warn once

@@ -12,7 +12,7 @@ import tarfile
 import tempfile
 from typing import Any, Dict, Optional
 
-from edgekit.contract.manifest import FORMAT, MANIFEST_NAME, check_relative_path, sha256_file, validate_manifest
+from edgekit.contract.manifest import FORMAT, MANIFEST_NAME, Manifest, check_relative_path, sha256_file
 
 from edgekit.contract.errors import EdgekitError
 
@@ -80,7 +80,7 @@ class BundleWriter(object):
         manifest = dict(manifest)
         manifest.setdefault("format", FORMAT)
         manifest["files"] = self.file_table()
-        validate_manifest(manifest, "the manifest being written")
+        Manifest.from_dict(manifest, "the manifest being written")  # the record validates and must round-trip
         with open(os.path.join(self.tmp_dir, MANIFEST_NAME), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2)
             f.write("\n")

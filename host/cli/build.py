@@ -1,10 +1,12 @@
 """`edgekit build`: a thin command over edgekit.host.bundle.build_bundle."""
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import click
 
 from edgekit.contract.errors import EdgekitError
+
+from .progress import ProgressDisplay
 
 
 def _parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
@@ -20,39 +22,6 @@ def _parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
     if len(values) != 2 or any(v < 32 or v % 32 for v in values):
         raise EdgekitError("--input-size %r is not HxW in multiples of 32" % text, "pass e.g. --input-size 640 or 384x640")
     return values[0], values[1]
-
-
-class _Display(object):
-    """Draws progress events: one line per finished stage, a live line for long steps."""
-
-    def __init__(self, console: Any) -> None:
-        self.console = console
-        self.status: Any = None
-
-    def __call__(self, event: Dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "warning":
-            self.console.print("[yellow]warning:[/yellow] %s" % event["message"], highlight=False)
-            return
-        where = " [cyan]%s[/cyan]" % event["variant"] if event.get("variant") else ""
-        if kind == "step":
-            if self.status is not None:
-                self.status.update("%s%s %d/%d" % (event["stage"], where, event["done"], event["total"]))
-            return
-        if event["status"] == "start":
-            self.status = self.console.status("%s%s ..." % (event["stage"], where))
-            self.status.start()
-            return
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
-        detail = (": " + event["detail"]) if event.get("detail") else ""
-        self.console.print("[green]done[/green] %-18s%s %6.1fs%s" % (event["stage"], where, event["seconds"], detail), highlight=False)
-
-    def close(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
 
 
 def _fmt(value: Any, pattern: str) -> str:
@@ -113,7 +82,7 @@ def build(**kw: Any) -> None:
         recover_seconds=kw["recover_seconds"],
     )
     console = Console(stderr=True, width=120)
-    display = _Display(console)
+    display = ProgressDisplay(console)
     try:
         result = build_bundle(options, progress=display)
     finally:

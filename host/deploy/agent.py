@@ -8,7 +8,7 @@ zipapp and reads what the agent answers: the doctor's JSON, progress events
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from edgekit.contract.manifest import sha256_file
 

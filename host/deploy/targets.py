@@ -52,10 +52,6 @@ class Target:
         return "%s@%s%s" % (self.user, host, "" if self.port == 22 else ":%d" % self.port)
 
 
-def local_target() -> Target:
-    return Target(name=LOCAL)
-
-
 def _load_ssh_config(path: Optional[str]) -> Optional[paramiko.SSHConfig]:
     explicit = path is not None
     path = os.path.expanduser(path if explicit else DEFAULT_SSH_CONFIG)

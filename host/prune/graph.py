@@ -8,7 +8,7 @@ float32, trainable deep copy first and remembers what was frozen.
 """
 import copy
 import fnmatch
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Sequence, Set, Tuple
 
 import torch
 import torch_pruning as tp
@@ -268,10 +268,3 @@ def run_model(model: nn.Module, x: torch.Tensor, what: str = "the model") -> obj
             "%s failed to run on a %s input (%s: %s)" % (what, "x".join(str(d) for d in x.shape), type(exc).__name__, " ".join(str(exc).split())[:200]),
             "check the model and its input size",
         )
-
-
-def optional_module(model: nn.Module, name: str) -> Optional[nn.Module]:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None

@@ -84,12 +84,20 @@ def _ch_groups(graph: tp.DependencyGraph, group) -> int:
     return max(found)
 
 
+# The importance criteria, one function each (name -> group -> per-channel
+# scores, or None where the criterion does not apply); a new criterion is one
+# entry here, and its name in edgekit.host.prune.config.CRITERIA.
+IMPORTANCE = {
+    "l1": lambda group: _L1(group),
+    "bn": lambda group: _BN(group),
+}
+
+
 def _importance(group, criterion: str) -> Tuple[Optional[torch.Tensor], str]:
-    if criterion == "bn":
-        imp = _BN(group)
-        if imp is not None:
-            return imp, "bn"
-    # L1 magnitude, also the fallback for groups without a BatchNorm.
+    imp = IMPORTANCE[criterion](group)
+    if imp is not None:
+        return imp, criterion
+    # L1 magnitude, the fallback for groups a criterion does not cover (no BatchNorm).
     return _L1(group), "l1"
 
 
