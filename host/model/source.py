@@ -14,21 +14,37 @@ from edgekit.calibration.preprocess import PreprocessSpec
 from edgekit.device.postprocess import PostprocessSpec
 
 from edgekit.contract.errors import EdgekitError
+from edgekit.host.model.loading import LoadedModel
 
 
 @dataclasses.dataclass
 class ModelSource:
+    """A loaded model (the one model type, :class:`LoadedModel`) settled for a
+    build: its input size and how the bundle reads its inputs and outputs."""
+
+    model: LoadedModel
     name: str  # short name for the bundle ("demo", the checkpoint's stem)
-    module: Any  # torch.nn.Module in eval mode, or None for an ONNX input
-    onnx_path: Optional[str]  # set when the input is already ONNX
-    source: str  # where it came from, for the manifest
-    task: str
     input_size: Tuple[int, int]
     preprocess: PreprocessSpec
     postprocess: PostprocessSpec
     default_calib_dir: Optional[str] = None
     default_eval: Optional[str] = None
-    loaded: Any = None  # the loader's own object, when there is one
+
+    @property
+    def module(self) -> Any:  # torch.nn.Module in eval mode, or None for an ONNX input
+        return self.model.module
+
+    @property
+    def onnx_path(self) -> Optional[str]:
+        return self.model.onnx_path
+
+    @property
+    def source(self) -> str:  # where it came from, for the manifest
+        return self.model.source
+
+    @property
+    def task(self) -> str:
+        return self.model.task
 
     @property
     def category_ids(self) -> List[int]:
@@ -77,30 +93,23 @@ def load_source(
         from edgekit.host import demo
 
         data = demo.demo_data()
+        loaded.source = "edgekit demo detector (%s weights)" % ("retrained" if weights else "shipped")
         return ModelSource(
+            model=loaded,
             name="demo",
-            module=loaded.module,
-            onnx_path=None,
-            source="edgekit demo detector (%s weights)" % ("retrained" if weights else "shipped"),
-            task="detect",
             input_size=(int(size[0]), int(size[1])),
             preprocess=_size(demo.preprocess_spec(), size),
             postprocess=demo.postprocess_spec(),
             default_calib_dir=data.calib_dir,
             default_eval=os.path.dirname(data.val_annotations),
-            loaded=loaded,
         )
     post = PostprocessSpec(layout=loaded.output_layout, class_names=loaded.class_names, category_ids=loaded.category_ids)
     return ModelSource(
+        model=loaded,
         name=_stem(ref),
-        module=loaded.module,
-        onnx_path=loaded.onnx_path,
-        source=loaded.source,
-        task="detect",
         input_size=(int(size[0]), int(size[1])),
         preprocess=_yolo_preprocess(size),
         postprocess=post,
-        loaded=loaded,
     )
 
 
@@ -118,15 +127,15 @@ def _demo_source(input_size: Optional[Tuple[int, int]], pretrained: bool = True)
     size = tuple(input_size or demo.INPUT_SIZE)
     data = demo.demo_data()
     source = "edgekit demo detector (%s weights)" % ("shipped" if pretrained else "untrained")
+    post = demo.postprocess_spec()
+    model = LoadedModel(module=module, onnx_path=None, source=source, task="detect", output_layout=post.layout,
+                        input_size=(int(size[0]), int(size[1])), class_names=list(post.class_names), category_ids=list(post.category_ids))
     return ModelSource(
+        model=model,
         name="demo",
-        module=module,
-        onnx_path=None,
-        source=source,
-        task="detect",
         input_size=(int(size[0]), int(size[1])),
         preprocess=_size(demo.preprocess_spec(), size),
-        postprocess=demo.postprocess_spec(),
+        postprocess=post,
         default_calib_dir=data.calib_dir,
         default_eval=os.path.dirname(data.val_annotations),
     )
