@@ -25,6 +25,12 @@ import numpy as np
 import torch
 
 
+
+def _print_progress(event) -> None:
+    """Recovery's step events, as one overwritten stderr line (the library does not draw)."""
+    if event.get("event") == "step":
+        print("\r%s %d/%d %s  %s" % (event["stage"], event["done"], event["total"], event["unit"], event.get("info", "")), end="", file=sys.stderr)
+
 def parse_args(argv: List[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target-macs", type=float, default=0.5, help="fraction of MACs to remove")
@@ -134,7 +140,7 @@ def main(argv: List[str]) -> int:
             recovery_images,
             steps=args.recover_steps,
             time_budget_s=args.recover_seconds,
-            progress=sys.stderr.isatty(),
+            progress=_print_progress if sys.stderr.isatty() else None,
             layout=loaded.output_layout,
             lr=args.recover_lr,
         )

@@ -96,6 +96,27 @@ def resolve(bundle_dir: str, rel: str, what: str = "path") -> str:
     return path
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_sha256(value: Any) -> bool:
+    """64 lowercase hex characters: the only form a manifest (and a remote file name) may carry."""
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+
+
+def check_file_entry(rel: Any, entry: Any, where: str = MANIFEST_NAME) -> None:
+    """One ``files`` entry, strictly typed: both ends (host deploy, agent) rely on it
+    before a size is compared or a sha256 becomes part of a remote path."""
+    check_relative_path(rel, "file")
+    if not isinstance(entry, dict) or "sha256" not in entry or "size" not in entry:
+        raise EdgekitError("%s: files[%r] needs sha256 and size" % (where, rel), "rebuild the bundle")
+    size = entry["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise EdgekitError("%s: files[%r].size is %r, not a whole number of bytes >= 0" % (where, rel, size), "rebuild the bundle with edgekit build")
+    if not is_sha256(entry["sha256"]):
+        raise EdgekitError("%s: files[%r].sha256 is %r, not 64 lowercase hex characters" % (where, rel, entry["sha256"]), "rebuild the bundle with edgekit build")
+
+
 def validate_manifest(data: Any, where: str = MANIFEST_NAME) -> Dict[str, Any]:
     """Check the manifest's shape; raises EdgekitError naming the bad key."""
     if not isinstance(data, dict):
@@ -111,6 +132,8 @@ def validate_manifest(data: Any, where: str = MANIFEST_NAME) -> Dict[str, Any]:
             raise EdgekitError("%s lacks key '%s'" % (where, key), "rebuild the bundle with edgekit build")
     if data["task"] not in TASKS:
         raise EdgekitError("%s: key 'task' is %r, expected one of %s" % (where, data["task"], ", ".join(TASKS)), "rebuild the bundle")
+    if not isinstance(data["files"], dict):
+        raise EdgekitError("%s: key 'files' must be an object" % where, "rebuild the bundle")
     if not isinstance(data["variants"], list) or not data["variants"]:
         raise EdgekitError("%s: key 'variants' is empty" % where, "rebuild the bundle with at least one variant")
     names = set()
@@ -126,13 +149,11 @@ def validate_manifest(data: Any, where: str = MANIFEST_NAME) -> Dict[str, Any]:
         check_relative_path(variant["file"], "variants[%d].file" % i)
         if variant["file"] not in data["files"]:
             raise EdgekitError("%s: variants[%d].file %r is not listed in 'files'" % (where, i, variant["file"]), "rebuild the bundle")
-    if not isinstance(data["files"], dict):
-        raise EdgekitError("%s: key 'files' must be an object" % where, "rebuild the bundle")
     for rel, entry in data["files"].items():
-        check_relative_path(rel, "file")
-        if not isinstance(entry, dict) or "sha256" not in entry or "size" not in entry:
-            raise EdgekitError("%s: files[%r] needs sha256 and size" % (where, rel), "rebuild the bundle")
+        check_file_entry(rel, entry, where)
     ev = data.get("eval")
+    if ev is not None and not isinstance(ev, dict):
+        raise EdgekitError("%s: key 'eval' must be an object or null" % where, "rebuild the bundle")
     if ev:
         for key in ("images", "annotations", "labels"):
             if ev.get(key):

@@ -181,6 +181,19 @@ class Bundle(object):
                         break
         return [p for p in (self._problems[r] for r in rels) if p]
 
+    def missing_files(self) -> List[str]:
+        """Declared files that are not there at all (a cheap check, no hashing): the run
+        says so even for files no variant uses, as verify does."""
+        missing = []
+        for rel in sorted(self.manifest["files"]):
+            try:
+                path = self.path_of(rel)
+            except EdgekitError:
+                continue  # refused by what uses it, with the reason
+            if not os.path.isfile(path):
+                missing.append(rel)
+        return missing
+
     def verify_all(self) -> List[str]:
         return self.verify(sorted(self.manifest["files"]))
 

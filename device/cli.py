@@ -190,6 +190,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     result = run_bundle(args.bundle, options, progress, on_timeout=on_timeout)
     progress.event("done", ok=result["ok"])
     progress.close()
+    if result["bundle"].get("manifest_sha256") is None and not result["runs"] and result["errors"]:
+        # The bundle could not be opened: there is no result to give, only the error.
+        raise EdgekitError(result["errors"][0], "")
     emit(result, args, render_result)
     if not result["runs"] and result["errors"]:
         _error_line(result["errors"][0])

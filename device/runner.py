@@ -168,6 +168,8 @@ def _run_all(bundle: Any, options: Options, settings: Dict[str, Any], info: Dict
     manifest = bundle.manifest
     profile = manifest.get("profile") or {}
     bundle.check_consistency()
+    for rel in bundle.missing_files():
+        _warn(result, progress, "the bundle declares %s but it is missing; copy the bundle again or rebuild it" % rel)
     variants = bundle.variants(options.variants)
     backend, warnings = choose_backend(options.backend, profile, info)
     for w in warnings:

@@ -1,8 +1,11 @@
 """Plain-text tables for a person at a terminal (stdout is a TTY).
 
 No third-party packages: the agent runs on boards that have only Python.
+Tables fit the terminal: the least important columns are left out (and named)
+rather than letting lines wrap into an unreadable block.
 """
-from typing import Any, Dict, List, Optional, Sequence
+import shutil
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -27,6 +30,30 @@ def grid(headers: Sequence[str], rows: List[Sequence[str]], right: Sequence[bool
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), sep] + [line(r) for r in rows])
+
+
+def terminal_width() -> int:
+    """The terminal's width (COLUMNS wins), 100 when it cannot be told."""
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def fit(
+    headers: Sequence[str], rows: List[Sequence[str]], right: Sequence[bool], importance: Sequence[int], width: int
+) -> Tuple[str, List[str]]:
+    """(grid, left-out headers): columns by ``importance`` (indexes, most important first) while they fit ``width``.
+
+    Columns not named in ``importance`` are always kept.
+    """
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    keep = set(range(len(headers))) - set(importance)
+    used = sum(widths[i] + 2 for i in keep) - 2
+    for i in importance:
+        if used + widths[i] + 2 <= width:
+            keep.add(i)
+            used += widths[i] + 2
+    cols = [i for i in range(len(headers)) if i in keep]
+    text = grid([headers[i] for i in cols], [[r[i] for i in cols] for r in rows], [right[i] for i in cols])
+    return text, [headers[i] for i in range(len(headers)) if i not in keep]
 
 
 def _stage(run: Dict[str, Any], stage: str) -> Optional[float]:
@@ -55,7 +82,12 @@ def device_line(device: Dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def render_result(result: Dict[str, Any]) -> str:
+# render_result's columns by importance (indexes into its headers); variant, backend
+# and status are always shown.
+RESULT_IMPORTANCE = (3, 11, 12, 13, 5, 7, 4, 9, 6, 8, 10, 14)
+
+
+def render_result(result: Dict[str, Any], width: Optional[int] = None) -> str:
     bundle = result.get("bundle") or {}
     sha = (bundle.get("manifest_sha256") or "")[:12]
     lines = [
@@ -97,7 +129,10 @@ def render_result(result: Dict[str, Any]) -> str:
                 _fmt(mem.get("peak_rss_mb"), 0),
             ]
         )
-    lines.append(grid(headers, rows, right))
+    table, left_out = fit(headers, rows, right, RESULT_IMPORTANCE, width or terminal_width())
+    lines.append(table)
+    if left_out:
+        lines.append("(not shown at this width: %s; --json has everything)" % ", ".join(left_out))
     problems = [(r.get("variant"), r.get("error")) for r in result.get("runs") or [] if r.get("error")]
     if problems or result.get("errors") or result.get("warnings"):
         lines.append("")
@@ -140,11 +175,17 @@ def render_info(info: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_doctor(report: Dict[str, Any]) -> str:
+def render_doctor(report: Dict[str, Any], width: Optional[int] = None) -> str:
+    """The checks as a table; when the fixes do not fit beside it, each goes on its own line below."""
     headers = ["check", "status", "found", "needed for", "fix"]
     rows = []
     for check in report.get("checks") or []:
         status = "ok" if check["ok"] else ("MISSING" if check.get("required") else "missing (optional)")
         rows.append([check["name"], status, _fmt(check.get("found")), check.get("needed_for") or "", "" if check["ok"] else (check.get("fix") or "")])
     text = grid(headers, rows, [False] * 5)
+    if max(len(line) for line in text.splitlines()) > (width or terminal_width()):
+        text = grid(headers[:4], [r[:4] for r in rows], [False] * 4)
+        fixes = ["fix %s: %s" % (r[0], r[4]) for r in rows if r[4]]
+        if fixes:
+            text += "\n\n" + "\n".join(fixes)
     return text + "\n\n" + ("ready" if report.get("ok") else "NOT ready: install what is marked MISSING") + "\n"

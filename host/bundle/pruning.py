@@ -33,13 +33,19 @@ def prune_for_bundle(
     images = [torch.from_numpy(calib.tensor(i)) for i in range(len(calib))]
     steps = options.recover_steps or None
     seconds = options.recover_seconds or None
-    result = prune_and_recover(source.module, config, source.input_size, images, layout=source.postprocess.layout, recover_steps=steps, recover_time_s=seconds, on_recover_step=on_step)
+
+    def refuse_unusable(result: Any) -> None:
+        # Checked before recovery, so a refused ratio does not spend the recovery budget first.
+        if not result.report.ok:
+            raise EdgekitError(
+                "pruning at %g left a model that is not usable (%s)" % (ratio, "; ".join(result.report.problems) or "outputs changed"),
+                "try a smaller --prune ratio or another strategy",
+            )
+
+    result = prune_and_recover(
+        source.module, config, source.input_size, images, layout=source.postprocess.layout, recover_steps=steps, recover_time_s=seconds, on_recover_step=on_step, check=refuse_unusable
+    )
     report = result.report
-    if not report.ok:
-        raise EdgekitError(
-            "pruning at %g left a model that is not usable (%s)" % (ratio, "; ".join(report.problems) or "outputs changed"),
-            "try a smaller --prune ratio or another strategy",
-        )
     folder = "reports/%s" % name
     with tempfile.TemporaryDirectory(prefix="edgekit-prune-") as tmp:
         paths = report.write(tmp)

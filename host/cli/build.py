@@ -34,7 +34,7 @@ def _fmt(value: Any, pattern: str) -> str:
 @click.option("--weights", default=None, help="Weights for --model (e.g. a retrained demo checkpoint).")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow unpickling a full-model checkpoint (runs code it names).")
 @click.option("--code-path", default=None, metavar="DIR", help="Where a checkpoint's model classes live (e.g. a yolov5 clone).")
-@click.option("--calib", "calib", default=None, metavar="DIR", help="Calibration images (jpg/png/bmp/webp, searched recursively). Default: the demo's.")
+@click.option("--calib", "calib", default=None, metavar="DIR", help="Calibration images (jpg/png/bmp/webp, searched recursively). Default: the demo's, for --model demo only; any other model needs --calib.")
 @click.option("--eval", "eval_ref", default=None, metavar="DIR_OR_JSON", help="COCO evaluation set for host reference mAP ('none' to skip). Default: the demo's.")
 @click.option("--prune", default="0", show_default=True, help="Pruning ratios, comma-separated: every ratio x variant goes into the bundle.")
 @click.option("--variants", default=None, help="Precisions to build, comma-separated (default: the profile's).")

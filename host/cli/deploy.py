@@ -115,6 +115,12 @@ def deploy(
         agent=AgentCall(variants, backend, warmup, iterations, max_drift, max_images),
         run_timeout=run_timeout,
     )
+    if not bundle_dir:
+        from ..deploy.service import DEFAULT_BUNDLES_DIR, find_latest_bundle
+
+        # Name the choice: "the newest" is a guess the user should see before it runs.
+        bundle_dir = find_latest_bundle()
+        click.echo("using %s (newest under %s/; pass --bundle to choose)" % (bundle_dir, DEFAULT_BUNDLES_DIR), err=True)
     with LiveDisplay() as display:
         outcomes = run_deploy(resolved, bundle_dir, ssh_options, options, events=display, jobs=jobs, agent=agent_file)
     _summarise(outcomes, as_json)
@@ -153,7 +159,8 @@ def _summarise(outcomes: List[DeployOutcome], as_json: bool) -> None:
         if o.result is not None
     ]
     if loaded:
-        console.print(rich_table(build_rows(loaded), summary=True))
+        # On a terminal: the columns that fit its width, whole; in a log: all of them.
+        console.print(rich_table(build_rows(loaded), summary=True, width=console.width if plain.is_terminal else None))
         for o in outcomes:
             if o.result_path:
                 console.print("%s: result saved to %s" % (o.target.name, o.result_path), highlight=False, soft_wrap=True)

@@ -101,27 +101,44 @@ def prune(**kw: Any) -> None:
     err = Console(stderr=True)
     for note in loaded.notes:
         err.print("[yellow]note:[/yellow] %s" % note, highlight=False)
-    from ..prune import prune_model
-    from ..prune.run import example_input, recover_result
+    from ..prune.run import prune_and_recover
+    from .progress import step_text
+
+    def show(report) -> None:
+        if kw["as_json"]:
+            click.echo(json.dumps(report.to_dict(), indent=2))
+        else:
+            report.render(console, layers=kw["layers"])
+
+    def refuse_unless_allowed(result) -> None:
+        # Before recovery: a model that fails its checks must not spend the recovery budget first.
+        report = result.report
+        if not report.ok and not kw["allow_unaligned"]:
+            show(report)
+            raise EdgekitError(
+                "the pruned model failed its checks (%d problem(s); first: %s)" % (len(report.problems), report.problems[0] if report.problems else "unknown"),
+                "fix the model or the --ignore list, or pass --allow-unaligned to write it anyway",
+            )
 
     with err.status("pruning %s ..." % loaded.source) as status:
 
         def on_progress(stage: str, done: int, total: int) -> None:
             status.update("%s %d/%d" % (stage, done, total))
 
-        result = prune_model(loaded.module, example_input(size, calib), config, calib_images=calib, progress=on_progress, layout=loaded.output_layout)
-    if kw["recover_steps"] is not None or kw["recover_time"] is not None:
-        recover_result(result, loaded.module, calib, loaded.output_layout, kw["recover_steps"], kw["recover_time"], kw["recover_lr"], progress=True)
-    report = result.report
-    if kw["as_json"]:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        report.render(console, layers=kw["layers"])
-    if not report.ok and not kw["allow_unaligned"]:
-        raise EdgekitError(
-            "the pruned model failed its checks (%d problem(s); first: %s)" % (len(report.problems), report.problems[0] if report.problems else "unknown"),
-            "fix the model or the --ignore list, or pass --allow-unaligned to write it anyway",
+        result = prune_and_recover(
+            loaded.module,
+            config,
+            size,
+            calib,
+            layout=loaded.output_layout,
+            recover_steps=kw["recover_steps"],
+            recover_time_s=kw["recover_time"],
+            recover_lr=kw["recover_lr"],
+            on_progress=on_progress,
+            progress=lambda event: status.update(step_text(event)),
+            check=refuse_unless_allowed,
         )
+    show(result.report)
     info = loaded.info()
     info["input_size"] = list(size)  # the size it was pruned (and its MACs counted) at
     paths = write_pruned(result, kw["out"], info)

@@ -55,7 +55,8 @@ def build_demo_model() -> "DemoDetector":
 def load_demo_model(pretrained: bool = True, weights: Optional[str] = None) -> "DemoDetector":
     """The demo detector in eval mode, float32; ``pretrained`` loads the shipped weights.
 
-    ``weights`` overrides the shipped file (e.g. a checkpoint from ``edgekit demo train``).
+    ``weights`` overrides the shipped file: a checkpoint from ``edgekit demo train``, or a
+    pruned model from ``edgekit prune --model demo``.
     """
     import torch
 
@@ -69,6 +70,11 @@ def load_demo_model(pretrained: bool = True, weights: Optional[str] = None) -> "
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # corrupt file, or not a state dict
             raise EdgekitError("cannot read demo weights %s (%s)" % (path, " ".join(str(exc).split())[:200]), "reinstall edgekit or retrain them")
+        from edgekit.host.prune.checkpoint import is_pruned_checkpoint, load_pruned_state
+
+        if is_pruned_checkpoint(state):
+            # What `edgekit prune` writes: resize the layers, then load (its hint names this file).
+            return load_pruned_state(model, state, "pruned demo model %s" % path).float().eval()
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise EdgekitError("demo weights %s are not a state dict" % path, "reinstall edgekit or retrain them")
         # Shipped as fp16 to stay small; the model always runs in float32.

@@ -51,6 +51,18 @@ class _State(object):
         self.t_last = 0.0
         self.agent = ""  # e.g. "[fp32] bench 40/100"
         self.finished: list = []
+        self.variants: list = []  # from the agent's start event: how many there are in all
+
+
+def _variant_count(s: _State) -> str:
+    """Where the agent is among the variants: 'variant 2/4, 1 ok' while running, '3 of 4 variants ok' after."""
+    ok = sum(1 for e in s.finished if e.get("status") == "ok")
+    total = max(len(s.variants), len(s.finished))
+    if s.stage == "run" and total and len(s.finished) < total:
+        return "variant %d/%d, %d ok" % (len(s.finished) + 1, total, ok)
+    if s.finished and s.stage in ("run", "fetch", "done"):
+        return "%d of %d variants ok" % (ok, total)
+    return ""
 
 
 class LiveDisplay(Events):
@@ -122,7 +134,9 @@ class LiveDisplay(Events):
         variant = event.get("variant")
         with self._lock:
             state = self._state(target)
-            if kind == "phase":
+            if kind == "start":
+                state.variants = list(event.get("variants") or [])
+            elif kind == "phase":
                 state.agent = "[%s] %s" % (variant, event.get("phase"))
             elif kind == "progress":
                 total = event.get("total")
@@ -164,9 +178,9 @@ class LiveDisplay(Events):
                     detail = "%s / %s  %s" % (human_bytes(s.done), human_bytes(s.total), rate)
                 elif s.stage == "run" and s.agent:
                     detail = s.agent
-                if s.finished and s.stage in ("run", "fetch", "done"):
-                    ok = sum(1 for e in s.finished if e.get("status") == "ok")
-                    detail = "%s  (%d/%d variants ok)" % (detail, ok, len(s.finished))
+                count = _variant_count(s)
+                if count:
+                    detail = "%s  (%s)" % (detail, count) if detail else count
                 # Text, not markup: "[fp32]" must not be read as a style tag.
                 table.add_row(Text(s.target.name), Text(s.stage, style=style), bar, Text(detail))
         return Group(table)

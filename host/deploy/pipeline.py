@@ -195,7 +195,10 @@ def _on_agent_line(target: Target, events: Events, outcome: DeployOutcome):
 
 
 def _run_agent(host: Host, argv: List[str], options: DeployOptions, target: Target, events: Events, outcome: DeployOutcome):
-    return host.run(argv, timeout=options.run_timeout, idle_timeout=0, on_stderr_line=_on_agent_line(target, events, outcome), stoppable=True)
+    # idle_timeout None: the connection's idle limit, the same as every other remote phase
+    # (the launcher's heartbeat keeps a live but quiet agent from looking idle).
+    idle = None if not host.is_local else 0
+    return host.run(argv, timeout=options.run_timeout, idle_timeout=idle, on_stderr_line=_on_agent_line(target, events, outcome), stoppable=True)
 
 
 def _deploy_local(host, helper, python, bundle, agent_path, options, outcome, stages, events) -> None:
@@ -242,6 +245,7 @@ class _Preflight(threading.Thread):
         self.remote_agent, self.remote_bundle = remote_agent, remote_bundle
         self.options, self.outcome, self.events = options, outcome, events
         self.early_ready = threading.Event()  # set by the main thread once its early files are up
+        self.room_checked = threading.Event()  # set once the free space for the fresh files is known to suffice
         self.stop = threading.Event()  # set by the main thread when it gives up
         self.error: Optional[BaseException] = None
         self.plan: Optional[SyncPlan] = None
@@ -251,6 +255,9 @@ class _Preflight(threading.Thread):
         try:
             probe = self.probe = self.helper.receive("probe")
             check_probe(probe, self.host.name, self.python, need_dir=True)
+            # The fresh files wait for this: not one byte goes to a disk that cannot hold them.
+            check_disk(probe, sum(f.size for f in self.fresh), self.host.name)
+            self.room_checked.set()
             fresh_rels = {f.rel for f in self.fresh}
             plan = self.plan = plan_sync(self.helper, self.root, [f for f in self.files if f.rel not in fresh_rels])
             check_disk(probe, sum(f.size for f in self.fresh) + plan.bytes_to_send, self.host.name)
@@ -306,6 +313,12 @@ def _deploy_remote(host: SSHHost, helper, python, bundle, agent_path, agent_sha,
                     raise pre.error
                 events.transfer(outcome.target, n)
 
+            while not pre.room_checked.wait(0.05):
+                if pre.error is not None or not pre.is_alive():
+                    break
+                check_cancel(host.cancel, host.name)
+            if pre.error is not None:
+                raise pre.error
             with clock:
                 upload(host, fresh_plan, only=early, on_bytes=on_bytes)
             pre.early_ready.set()

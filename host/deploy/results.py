@@ -67,7 +67,7 @@ def variant_facts(manifest: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 
 
 def save_result(results_dir: str, target_name: str, bundle_name: str, result: Dict[str, Any], deploy: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
-    """Write the result with its ``deploy`` record (atomic: temp file + rename); returns (path, record)."""
+    """Write the result with its ``deploy`` record (complete temp file, then an exclusive link); returns (path, record)."""
     problems = validate_result(result, "the agent's result")
     if problems:
         raise EdgekitError("the agent returned a malformed result: %s" % problems[0], "deploy an agent built by this edgekit version")
@@ -78,20 +78,40 @@ def save_result(results_dir: str, target_name: str, bundle_name: str, result: Di
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
         raise EdgekitError("cannot create %s (%s)" % (folder, exc.strerror), "pass a writable --results folder")
-    stamp = deploy.get("host_time") or host_timestamp()
-    path = os.path.join(folder, "%s.json" % stamp.replace(":", ""))
-    n = 1
-    while os.path.exists(path):
-        n += 1
-        path = os.path.join(folder, "%s-%d.json" % (stamp.replace(":", ""), n))
+    stamp = (deploy.get("host_time") or host_timestamp()).replace(":", "")
     fd, tmp = tempfile.mkstemp(prefix=".result-", suffix=".partial", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2)
             f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
+        path = _publish(tmp, folder, stamp)
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
     return path, record
+
+
+def _publish(tmp: str, folder: str, stamp: str) -> str:
+    """Give the complete temp file its final name without ever replacing a result.
+
+    os.link fails when the name exists, so two writers with the same timestamp
+    (fleet threads, two edgekit processes) each get their own file; an
+    exists-check followed by a rename would let the second overwrite the first.
+    """
+    n = 1
+    while True:
+        path = os.path.join(folder, "%s.json" % stamp if n == 1 else "%s-%d.json" % (stamp, n))
+        try:
+            os.link(tmp, path)
+            return path
+        except FileExistsError:
+            n += 1
+        except OSError:
+            # No hard links on this filesystem: reserve the name exclusively, then fill it.
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                n += 1
+                continue
+            os.replace(tmp, path)
+            return path

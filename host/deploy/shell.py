@@ -22,20 +22,63 @@ from .ssh import Connection
 LineHandler = Callable[[str], None]
 
 # Run on the target by the launcher: a new session (so one kill reaches every
-# child the agent starts), its process group id announced on stderr, then exec.
-# setsid fails when sshd already made us a session leader (the shell exec'd
-# python in place); then our process group is already our own.
+# child the agent starts), its process group id announced on stderr, then the
+# command as its child. The launcher stays as a watchdog on its stdin, which the
+# host keeps open for the whole run: end of file there means the host is gone
+# (killed, link dropped, sshd closed the session), so it stops the group: TERM,
+# then KILL after 3 s. While the command runs (not stopped), the launcher writes
+# {"event": "alive"} every BEAT seconds (its first argument), so the host can hold
+# one idle limit on every run, quiet phases included. setsid fails when sshd already made us a session leader;
+# then our process group is already our own.
 # Python 2.7/3.x syntax so an old interpreter still gets as far as the version check.
 LAUNCHER = (
-    "import os,sys\n"
+    "import os,sys,select,signal,time\n"
     "try:\n"
     "    os.setsid()\n"
     "except OSError:\n"
     "    pass\n"
-    "sys.stderr.write('{\"event\": \"launched\", \"pgid\": %d}\\n' % os.getpgid(0))\n"
+    "pg = os.getpgid(0)\n"
+    "sys.stderr.write('{\"event\": \"launched\", \"pgid\": %d}\\n' % pg)\n"
     "sys.stderr.flush()\n"
-    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "beat = float(sys.argv[1])\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "def status(st):\n"
+    "    return os.WEXITSTATUS(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)\n"
+    "def stopped():\n"
+    "    try:\n"
+    "        return open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[0] in 'Tt'\n"
+    "    except Exception:\n"
+    "        return False\n"
+    "last = time.time()\n"
+    "while True:\n"
+    "    done, st = os.waitpid(pid, os.WNOHANG)\n"
+    "    if done:\n"
+    "        os._exit(status(st))\n"
+    "    if time.time() - last >= beat and not stopped():\n"
+    "        last = time.time()\n"
+    "        os.write(2, b'{\"event\": \"alive\"}\\n')\n"
+    "    ready = select.select([0], [], [], 0.2)[0]\n"
+    "    if ready and not os.read(0, 4096):\n"
+    "        os.killpg(pg, signal.SIGTERM)\n"
+    "        end = time.time() + 3\n"
+    "        while time.time() < end and not os.waitpid(pid, os.WNOHANG)[0]:\n"
+    "            time.sleep(0.1)\n"
+    "        os.killpg(pg, signal.SIGKILL)\n"
 )
+
+
+HEARTBEAT = '{"event": "alive"}'
+
+
+def heartbeat_s(idle: Optional[float]) -> float:
+    """The launcher's heartbeat: a third of the idle limit (at most 2 s), so that a
+    live command never looks idle and a stopped one is caught within ~1x the limit."""
+    return min(2.0, idle / 3.0) if idle else 2.0
 
 
 def quote_command(argv: Sequence[str]) -> str:
@@ -240,12 +283,14 @@ class SSHHost(Host):
 
     def run(self, argv, input=None, timeout=None, idle_timeout=None, on_stderr_line=None, stoppable=False):  # type: ignore[override]
         idle = self.conn.options.idle_timeout if idle_timeout is None else idle_timeout
-        command = quote_command([argv[0], "-c", LAUNCHER] + list(argv) if stoppable else argv)
+        command = quote_command([argv[0], "-c", LAUNCHER, "%g" % heartbeat_s(idle)] + list(argv) if stoppable else argv)
         pgid = []
 
         def on_line(line: str) -> None:
             if stoppable and not pgid and line.startswith('{"event": "launched"'):
                 pgid.append(int(line.split(":")[-1].strip(" }")))
+            elif stoppable and line == HEARTBEAT:
+                pass  # it only resets the idle clock
             elif on_stderr_line is not None:
                 on_stderr_line(line)
 
@@ -254,7 +299,8 @@ class SSHHost(Host):
             chan.exec_command(command)
             if input is not None:
                 chan.sendall(input)
-            chan.shutdown_write()
+            if not stoppable:
+                chan.shutdown_write()  # a stoppable command's stdin stays open: the launcher's watchdog
         except (socket.error, EOFError, OSError) as exc:
             raise EdgekitError("cannot start a command on %s (%s)" % (self.name, exc or type(exc).__name__), "check the connection and retry")
         except Exception as exc:  # paramiko.SSHException and friends
@@ -316,7 +362,7 @@ class SSHHost(Host):
     def stop_group(self, pgid: int, grace_s: float = 3.0) -> None:
         """TERM the remote process group, then KILL what is left after ``grace_s``."""
         script = (
-            "kill -TERM -- -{p} 2>/dev/null || exit 0; i=0; "
+            "kill -TERM -- -{p} 2>/dev/null || exit 0; kill -CONT -- -{p} 2>/dev/null; i=0; "
             "while kill -0 -- -{p} 2>/dev/null && [ $i -lt {n} ]; do sleep 0.1; i=$((i+1)); done; "
             "kill -KILL -- -{p} 2>/dev/null; exit 0"
         ).format(p=int(pgid), n=int(grace_s * 10))

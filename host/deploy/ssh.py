@@ -141,6 +141,12 @@ class Connection(object):
         self.close()
 
 
+def copy_id_command(target: Target) -> str:
+    """The ssh-copy-id line for this target: it takes the port as -p, not as host:port."""
+    port = "" if target.port == 22 else "-p %d " % target.port
+    return "ssh-copy-id %s%s%s" % (port, target.user + "@" if target.user else "", target.host)
+
+
 def _auth_error(target: Target, options: SSHOptions, detail: str) -> EdgekitError:
     tried = []
     if options.identity_files or target.identity_files:
@@ -153,7 +159,7 @@ def _auth_error(target: Target, options: SSHOptions, detail: str) -> EdgekitErro
         tried.append("password")
     return EdgekitError(
         "authentication to %s failed (%s; tried %s)" % (target.address, detail, ", ".join(tried) or "nothing"),
-        "pass the right key with -i KEY, install your key on the board (ssh-copy-id %s), or use --ask-password" % target.address,
+        "pass the right key with -i KEY, install your key on the board (%s), or use --ask-password" % copy_id_command(target),
     )
 
 

@@ -9,9 +9,10 @@ Remote layout under the resolved ``--remote-dir`` (default ``~/.edgekit``)::
 
 Only files the target lacks, or holds with another sha256, are sent. A file whose
 content already sits in another bundle on the target is hard-linked from there.
-Each upload goes to ``.NAME.SHA16.partial`` and is renamed when complete; an
-interrupted upload resumes from the partial file's end when its bytes match the
-local file's prefix. After the upload the target hashes what it received.
+Each upload goes to ``.NAME.SHA16.WRITER.partial`` (one name per deploy, so two
+deploys of one bundle never touch each other's file), is size-checked and renamed
+when complete; an interrupted upload resumes from the partial file's end when its
+bytes match the local file's prefix. After the upload the target hashes what it received.
 """
 import collections
 import dataclasses
@@ -22,6 +23,7 @@ import os
 import posixpath
 import socket
 import time
+import uuid
 from typing import Callable, Deque, Dict, List, Optional, Sequence
 
 import paramiko
@@ -38,6 +40,11 @@ WRITE_SIZE = 128 * 1024
 MAX_INFLIGHT = 64
 AGENT_NAME = "edgekit-agent.pyz"
 ByteCallback = Callable[[int], None]
+
+
+def new_writer() -> str:
+    """A name for one uploader (one deploy): its partial files are its own."""
+    return uuid.uuid4().hex[:12]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +78,7 @@ class SyncPlan:
     resume_at: Dict[str, int]  # rel -> bytes already on the target (emptied as files complete)
     resumed: List[str] = dataclasses.field(default_factory=list)  # rels that started as partial uploads
     sent: List[str] = dataclasses.field(default_factory=list)  # rels uploaded so far
+    writer: str = dataclasses.field(default_factory=new_writer)  # names this plan's partial files
 
     @property
     def bytes_to_send(self) -> int:
@@ -104,15 +112,31 @@ def load_local_bundle(bundle_dir: str) -> LocalBundle:
     files = []
     for rel, entry in sorted(manifest["files"].items()):
         path = os.path.join(bundle_dir, *rel.split("/"))
+        _refuse_links(bundle_dir, rel)
         if not os.path.isfile(path):
             raise EdgekitError("bundle %s lacks %s" % (bundle_dir, rel), "rebuild the bundle with edgekit build")
         if os.path.getsize(path) != entry["size"]:
             raise EdgekitError("bundle file %s has %d bytes, the manifest says %d" % (rel, os.path.getsize(path), entry["size"]), "rebuild the bundle")
         files.append(LocalFile(rel, path, entry["sha256"], entry["size"]))
+    _refuse_links(bundle_dir, MANIFEST_NAME)
     mpath = os.path.join(bundle_dir, MANIFEST_NAME)
     msha = sha256_file(mpath)
     files.insert(0, LocalFile(MANIFEST_NAME, mpath, msha, os.path.getsize(mpath)))
     return LocalBundle(os.path.abspath(bundle_dir), str(manifest["name"]), manifest, msha, files)
+
+
+def _refuse_links(bundle_dir: str, rel: str) -> None:
+    """A bundle holds plain files only: a symbolic link (the file or a folder on its
+    way) would upload whatever it points at, a host file included, so it is refused
+    (the agent refuses the same folder)."""
+    path = bundle_dir
+    for part in rel.split("/"):
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            raise EdgekitError(
+                "bundle %s: %s is a symbolic link (to %s); a bundle holds plain files only" % (bundle_dir, rel, os.readlink(path)),
+                "refusing to deploy it; rebuild the bundle with edgekit build",
+            )
 
 
 def agent_rel(agent_sha: str) -> str:
@@ -130,8 +154,11 @@ def deploy_files(bundle: LocalBundle, agent_path: str, agent_sha: str) -> List[L
     return [agent] + [dataclasses.replace(f, rel="%s/%s" % (prefix, f.rel)) for f in bundle.files]
 
 
-def partial_name(remote_path: str, sha: str) -> str:
+def partial_name(remote_path: str, sha: str, writer: Optional[str] = None) -> str:
+    """Where ``writer`` uploads ``remote_path`` (device/remote_helper.py uses the same names)."""
     folder, base = posixpath.split(remote_path)
+    if writer:
+        return posixpath.join(folder, ".%s.%s.%s.partial" % (base, sha[:16], writer))
     return posixpath.join(folder, ".%s.%s.partial" % (base, sha[:16]))
 
 
@@ -148,17 +175,26 @@ def _prefix_sha256(path: str, length: int) -> str:
     return digest.hexdigest()
 
 
-def plan_sync(helper: RemoteHelper, root: str, files: Sequence[LocalFile]) -> SyncPlan:
-    """Ask the target what it already has (hashing it there)."""
-    answer = helper.request("plan", root=root, files={f.rel: [f.sha256, f.size] for f in files}, pool=posixpath.join(root, "bundles"))
+def plan_sync(helper: RemoteHelper, root: str, files: Sequence[LocalFile], writer: Optional[str] = None) -> SyncPlan:
+    """Ask the target what it already has (hashing it there).
+
+    Partial uploads are reported as this ``writer``'s own file (the helper copies a
+    longer one another writer left); partials nobody wrote for the idle limit are
+    a dead deploy's and are removed.
+    """
+    writer = writer or new_writer()
+    stale = helper.idle_timeout or 600.0
+    answer = helper.request("plan", root=root, files={f.rel: [f.sha256, f.size] for f in files}, pool=posixpath.join(root, "bundles"),
+                            writer=writer, stale_s=stale)
     by_rel = {f.rel: f for f in files}
     resume_at = {}
     for rel, (size, sha) in (answer.get("partial") or {}).items():
         local = by_rel[rel]
         # Resume only when the bytes there are exactly the start of our file.
-        if size < local.size and _prefix_sha256(local.path, size) == sha:
+        if size <= local.size and _prefix_sha256(local.path, size) == sha:
             resume_at[rel] = size
     return SyncPlan(
+        writer=writer,
         root=root,
         files=list(files),
         have=list(answer["have"]),
@@ -206,6 +242,33 @@ def _pipelined_write(sftp: paramiko.SFTPClient, handle: bytes, src: "io.Buffered
         sftp._read_response(pending.popleft())
 
 
+def _size_of(sftp: paramiko.SFTPClient, path: str) -> Optional[int]:
+    try:
+        return sftp.stat(path).st_size
+    except IOError:
+        return None
+
+
+def _commit(sftp: paramiko.SFTPClient, tmp: str, remote: str, f: LocalFile, host: SSHHost) -> None:
+    """Give this writer's complete partial file its final name.
+
+    The content is checked first (its size; the helper hashes every sent file
+    before the agent runs), so a short file never takes the name. A concurrent
+    deploy's rename may land first: the same content, so replacing it is harmless,
+    and when our partial was cleaned away a final file already in place is success.
+    """
+    got = _size_of(sftp, tmp)
+    if got is None and _size_of(sftp, remote) == f.size:
+        return
+    if got != f.size:
+        raise EdgekitError("uploading %s to %s left %s bytes, expected %d" % (f.rel, host.name, got, f.size), "rerun: the upload resumes where it stopped")
+    try:
+        sftp.posix_rename(tmp, remote)
+    except IOError:
+        if _size_of(sftp, remote) != f.size:
+            raise
+
+
 def upload(
     host: SSHHost,
     plan: SyncPlan,
@@ -231,7 +294,7 @@ def upload(
         if f.rel in plan.sent or (only is not None and f.rel not in only):
             continue
         remote = posixpath.join(plan.root, f.rel)
-        tmp = partial_name(remote, f.sha256)
+        tmp = partial_name(remote, f.sha256, plan.writer)
         offset = plan.resume_at.get(f.rel, 0)
         what = "uploading %s" % f.rel
         try:
@@ -241,7 +304,7 @@ def upload(
                         src.seek(offset)
                         dst.truncate(offset)  # a partial longer than we trust must not keep its tail
                     _pipelined_write(sftp, dst.handle, src, offset, progress)
-                sftp.posix_rename(tmp, remote)
+            _commit(sftp, tmp, remote, f, host)
         except (IOError, OSError, EOFError, paramiko.SSHException) as exc:
             raise _sftp_error(exc, what, host) from None
         plan.resume_at.pop(f.rel, None)

@@ -26,7 +26,7 @@ class LayerRow:
     out_before: int
     out_after: int
     out_target: Optional[int]  # what the strategy asked for, before alignment (None: not pruned by a plan)
-    added_by_alignment: Optional[int]  # out_after - out_target (negative: an unaligned layer rounded down)
+    added_by_alignment: Optional[int]  # out_after - out_target (negative only when a layer kept less than planned: then not aligned)
     group: Optional[str]  # the pruning group (its root layer) the output channels belong to
     fixed: Optional[str]  # why the output channels are fixed, if they are
     input_is_image: bool
@@ -66,9 +66,14 @@ def check_alignment(
         in_after, out_after = channels(m)
         group, count = member_of.get(name, (None, 0))
         target: Optional[int] = None
+        planned: Optional[int] = None
         if group is not None and plan is not None and group.name in plan.target:
             target = int(round(count * plan.target[group.name] / float(group.slots)))
-        out_ok = name in fixed or out_after % alignment == 0
+            planned = out_before - int(round(count * (group.slots - plan.keep.get(group.name, group.slots)) / float(group.slots)))
+        # What was asked against what was kept: a layer that lost more
+        # channels than its group planned is never "aligned", whatever its width.
+        kept_ok = planned is None or out_after == planned
+        out_ok = (name in fixed or out_after % alignment == 0) and kept_ok
         in_ok = name in input_fed or in_after % alignment == 0
         rows.append(
             LayerRow(
@@ -86,7 +91,9 @@ def check_alignment(
                 aligned=out_ok and in_ok,
             )
         )
-        if not out_ok:
+        if not kept_ok:
+            problems.append("layer '%s' was to keep %d output channels and kept %d (group '%s')" % (name, planned, out_after, group.name if group else "?"))
+        elif not out_ok:
             problems.append("layer '%s' keeps %d output channels, not a multiple of %d: %s" % (name, out_after, alignment, _why_out(name, group, alignment)))
         if not in_ok:
             problems.append(

@@ -1,7 +1,8 @@
 """prune_model: one structured-pruning run, from the user's model to a checked, reported result."""
+import copy
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from .macs import MacsModel
 from .metrics import count_macs_params, state_dict_bytes
 from edgekit.host.prune.summary import PruneReport
 from .sensitivity import measure_damage
+from .trial import check_pruned, planned_widths, unprunable_groups
 
 Progress = Optional[Callable[[str, int, int], None]]
 
@@ -47,6 +49,42 @@ def stack_images(images, limit: Optional[int] = None) -> Optional[torch.Tensor]:
         batch = torch.cat(items, 0)
     batch = batch.float()
     return batch[:limit] if limit else batch
+
+
+def _apply_checked(work, dg, example_input, outputs_before, before, groups, plan) -> Tuple[nn.Module, List[Dict[str, str]]]:
+    """Apply the plan; when the result is wrong, find the groups that break it, leave them whole and apply the rest.
+
+    Returns the pruned model (``work`` itself, or a fresh copy when groups had
+    to be left out) and one entry per excluded group: group, block, reason.
+    """
+    pristine = copy.deepcopy(work)
+    apply_plan(work, dg, groups, plan.keep)
+    failure = check_pruned(work, example_input, outputs_before, planned_widths(before, groups, plan.keep))
+    if failure is None:
+        return work, []
+    bad, _ = unprunable_groups(pristine, example_input, outputs_before, before, groups, plan.keep, failure)
+    by_name = {g.name: g for g in groups}
+    excluded = []
+    for name, reason in bad.items():
+        g = by_name[name]
+        plan.keep[name] = g.slots
+        plan.target[name] = float(g.slots)
+        excluded.append({"group": name, "block": _block_of(pristine, g), "reason": reason})
+    work = pristine
+    apply_plan(work, G.build_graph(work, example_input), groups, plan.keep)
+    return work, excluded
+
+
+def _block_of(model: nn.Module, group) -> str:
+    """Where the group lives, as 'name (Type)': the innermost module holding all the layers it touches."""
+    names = [n for n, _ in group.out_layers + group.in_layers] or [group.name]
+    block = G.common_prefix(names)
+    while block:
+        try:
+            return "%s (%s)" % (block, type(model.get_submodule(block)).__name__)
+        except AttributeError:
+            block = block.rsplit(".", 1)[0] if "." in block else ""
+    return "the model (%s)" % type(model).__name__
 
 
 def prune_model(
@@ -133,8 +171,12 @@ def prune_model(
     if config.target_macs is not None and plan.ratio is not None:
         notes.append("ratio %.4f meets the MACs target" % plan.ratio)
 
-    apply_plan(work, dg, groups, plan.keep)
+    work, excluded = _apply_checked(work, dg, example_input, outputs_before, before, groups, plan)
     del dg
+    if excluded:
+        notes.append(
+            "%d group(s) could not be pruned correctly and were left unpruned (see 'excluded'): %s" % (len(excluded), ", ".join(e["group"] for e in excluded))
+        )
 
     runs = True
     problems = []
@@ -185,6 +227,7 @@ def prune_model(
         ignore=list(config.ignore),
         groups=len(groups),
         sparsity=sparsity_info,
+        excluded=excluded,
         seconds=time.time() - started,
     )
     return PruneResult(model=work, report=report, masks=masks)

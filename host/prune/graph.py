@@ -194,7 +194,7 @@ def _downstream_layers(node) -> List:
     return found
 
 
-def _common_prefix(names: Sequence[str]) -> str:
+def common_prefix(names: Sequence[str]) -> str:
     parts = [n.split(".") for n in names if n]
     if not parts:
         return ""
@@ -224,7 +224,7 @@ def check_splits(model: nn.Module, graph: tp.DependencyGraph, fixed: Dict[str, s
             continue
         producer = names.get(producers[0].module, "?")
         consumers = [names.get(n.module, "") for n in _downstream_layers(node)]
-        block = _common_prefix([producer] + consumers) or producer.rsplit(".", 1)[0]
+        block = common_prefix([producer] + consumers) or producer.rsplit(".", 1)[0]
         block_type = ""
         for name, m in model.named_modules():
             if name == block:

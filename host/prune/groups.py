@@ -151,10 +151,12 @@ def apply_plan(model: nn.Module, graph: tp.DependencyGraph, groups: Sequence[Gro
 
     Indices were chosen on the unpruned model; Torch-Pruning recomputes the
     concatenation offsets as each group is cut, so the order does not matter.
+    Roots are looked up by name in ``model``, so a plan made on one copy of
+    the model applies to another (the trials in trial.py).
     """
     for g in groups:
         idxs = g.prune_indices(keep.get(g.name, g.slots))
         if not idxs:
             continue
-        pg = graph.get_pruning_group(g.root, g.prune_fn, idxs)
+        pg = graph.get_pruning_group(model.get_submodule(g.name), g.prune_fn, idxs)
         pg.prune()

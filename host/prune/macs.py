@@ -4,8 +4,9 @@ Counting MACs by running the model after every candidate change would cost a
 forward pass each time; instead one forward pass records, per conv/linear/
 BatchNorm layer, the spatial size of its output, and the groups tell which
 fraction of each layer's input and output channels a plan keeps. The counts
-follow Torch-Pruning's counter (``tp.utils.count_ops_and_params``) for these
-layers; the final report always uses the real counter on the pruned model.
+follow the report's counter (metrics.MACS_COUNT: conv and linear
+multiply-accumulates, no BatchNorm, no bias) for these layers; the final
+report always uses that counter on the pruned model.
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -21,7 +22,7 @@ class _Layer(object):
 
     def __init__(self, name: str, kind: str, out_ch: int, in_ch: int, groups: int, per_pair: float) -> None:
         self.name = name
-        self.kind = kind  # "conv", "dw", "linear", "bn"
+        self.kind = kind  # "conv", "dw", "linear"
         self.out_ch = out_ch
         self.in_ch = in_ch
         self.groups = groups
@@ -47,7 +48,7 @@ class MacsModel(object):
             return record
 
         for name, m in model.named_modules():
-            if isinstance(m, LAYER_TYPES + (nn.modules.batchnorm._BatchNorm,)):
+            if isinstance(m, LAYER_TYPES):
                 hooks.append(m.register_forward_hook(hook(name)))
         try:
             with torch.no_grad():
@@ -59,19 +60,14 @@ class MacsModel(object):
         for name, m in model.named_modules():
             if name not in spatial:
                 continue
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                # Torch-Pruning counts a BatchNorm as 2 operations per element.
-                self.layers[name] = _Layer(name, "bn", m.num_features, 1, 1, 2.0 * spatial[name])
-            elif isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear):
                 self.layers[name] = _Layer(name, "linear", m.out_features, m.in_features, 1, spatial[name])
             else:
                 k = 1
                 for s in m.kernel_size:
                     k *= s
                 kind = "dw" if is_depthwise(m) else "conv"
-                # Torch-Pruning's conv counter includes one add per output for a bias.
                 self.layers[name] = _Layer(name, kind, m.out_channels, m.in_channels, m.groups, float(k * spatial[name]))
-        self._bias = {name: (spatial[name] if getattr(m, "bias", None) is not None and isinstance(m, nn.modules.conv._ConvNd) else 0.0) for name, m in model.named_modules() if name in self.layers}
         self.by_group: List[List[str]] = [[] for _ in self.groups]
         for gi, g in enumerate(self.groups):
             for name, count in g.out_layers:
@@ -98,13 +94,10 @@ class MacsModel(object):
     def layer_macs(self, name: str, keep: Sequence[int]) -> float:
         layer = self.layers[name]
         out = self._kept(layer.out_ch, layer.out_from, keep)
-        if layer.kind == "bn":
-            return out * layer.per_pair
-        bias = self._bias[name] * out
         if layer.kind == "dw":  # one input channel per output channel, whatever the width
-            return out * layer.per_pair + bias
+            return out * layer.per_pair
         inp = self._kept(layer.in_ch, layer.in_from, keep)
-        return out * (inp / layer.groups) * layer.per_pair + bias
+        return out * (inp / layer.groups) * layer.per_pair
 
     def total(self, keep: Sequence[int]) -> float:
         return sum(self.layer_macs(name, keep) for name in self.layers)

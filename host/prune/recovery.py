@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from edgekit.contract.errors import EdgekitError
+from edgekit.host.progress import Callback, step_event
 from .core import stack_images
 from .losses import distillation_loss
 from .sparsity import Masks, reapply_masks
@@ -96,25 +97,23 @@ def _set_train_mode(model: nn.Module, bn: str) -> None:
             m.train()
 
 
-def _progress_bar(enabled: bool, description: str, total: Optional[float]):
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def _emitter(progress: Optional[Callback], stage: str, steps: Optional[int], time_budget_s: Optional[float]) -> Callable[[int, float, float], None]:
+    """``emit(step, elapsed, loss)``: one progress event per step (library code does not draw; host/cli does).
 
-    # On stderr: stdout may carry the JSON report.
-    bar = Progress(
-        TextColumn("[bold]%s" % description),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-    bar.start()
-    bar.add_task(description, total=total or 1.0, info="")
-    return bar
+    Counts steps when a step count bounds the run, else seconds of the time budget."""
+
+    def emit(step: int, elapsed: float, loss: float) -> None:
+        if not progress:
+            return
+        if steps:
+            done, total, unit = float(step), float(steps), "steps"
+        else:
+            done, total, unit = min(elapsed, time_budget_s or 0.0), float(time_budget_s or 0.0), "s"
+        event = step_event(stage, done, total, unit, elapsed, info="loss %.4f" % loss)
+        event["loss"] = loss
+        progress(event)
+
+    return emit
 
 
 def _check_budget(steps: Optional[int], time_budget_s: Optional[float]) -> None:
@@ -133,8 +132,8 @@ def _train_loop(
     time_budget_s: Optional[float],
     lr: float,
     masks: Optional[Masks],
-    progress: bool,
-    description: str,
+    progress: Optional[Callback],
+    stage: str,
     bn: str,
     optimizer: Optional[torch.optim.Optimizer] = None,
     on_step: Optional[Callable[[int, int], None]] = None,
@@ -144,7 +143,7 @@ def _train_loop(
         raise EdgekitError("the model has no trainable parameters", "unfreeze the parameters to recover")
     opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     base_lrs = [group["lr"] for group in opt.param_groups]
-    bar = _progress_bar(progress, description, float(steps) if steps else time_budget_s)
+    emit = _emitter(progress, stage, steps, time_budget_s)
     losses = []
     started = time.time()
     step = 0
@@ -170,14 +169,11 @@ def _train_loop(
             reapply_masks(model, masks or {})
             losses.append(float(loss.detach()))
             step += 1
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=float(step) if steps else min(time.time() - started, time_budget_s or 0.0), info="loss %.4f" % losses[-1])
+            emit(step, time.time() - started, losses[-1])
             if on_step is not None:
                 # Steps when a step count bounds the run, else whole seconds of the time budget.
                 on_step(*((step, steps) if steps else (int(min(time.time() - started, time_budget_s or 0.0)), int(math.ceil(time_budget_s or 1.0)))))
     finally:
-        if bar is not None:
-            bar.stop()
         model.eval()
     tail = losses[-10:] or [float("nan")]
     head = losses[:10] or [float("nan")]
@@ -217,7 +213,7 @@ def recover(
     images,
     steps: Optional[int] = None,
     time_budget_s: Optional[float] = None,
-    progress: bool = True,
+    progress: Optional[Callback] = None,
     layout: Optional[str] = None,
     lr: float = 1e-3,
     batch_size: int = 8,
@@ -240,57 +236,28 @@ def recover(
     bfloat16 autocast where the CPU supports it (about 1.8x faster steps
     measured here), "fp32" never. ``augment``: horizontal flips and zoom-in
     crops up to ``max_zoom`` (the teacher labels whatever it is shown). The
-    teacher is not modified. ``on_step(done, total)`` is called after every step
-    (steps, or seconds of the time budget). Returns what happened (steps, seconds, losses, ...).
+    teacher is not modified. ``progress(event)`` receives one step event
+    (edgekit.host.progress, stage "recover", plus the step's ``loss``) per
+    step; ``on_step(done, total)`` is called after every step too (steps, or
+    seconds of the time budget). Returns what happened (steps, seconds, losses, ...).
     """
-    import copy
-
-    _check_budget(steps, time_budget_s)
-    if bn not in BN_MODES:
-        raise EdgekitError("unknown BatchNorm mode %r" % bn, "use one of: %s" % ", ".join(BN_MODES))
-    if precision not in ("auto", "bf16", "fp32"):
-        raise EdgekitError("unknown precision %r" % precision, "use auto, bf16 or fp32")
+    _check_recover_args(steps, time_budget_s, bn, precision, batch_size)
     source = ImageSource(images)
     if not len(source):
-        raise EdgekitError("recovery needs unlabelled images", "pass --calib DIR with images like the ones the model will see")
-    if batch_size < 1:
-        raise EdgekitError("batch size must be at least 1", "pass a positive batch size")
+        raise EdgekitError("recovery needs unlabelled images", "pass a folder of images like the ones the model will see")
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported())
     started = time.time()
     calibrated = recalibrate_bn(student, source) if recalibrate else 0
-    # A private channels-last copy of the teacher: the caller's model stays as it is.
-    teacher = copy.deepcopy(teacher).eval().to(memory_format=torch.channels_last)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student.to(memory_format=torch.channels_last)
+    teacher = _frozen_teacher(teacher)
+    _channels_last(student)
     with torch.no_grad():
         reference = teacher(source.take(range(min(len(source), 16))))
-    loss_fn = distillation_loss(layout, reference)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     bs = min(batch_size, len(source))
-
-    def compute_loss(step: int) -> torch.Tensor:
-        idx = torch.randint(len(source), (bs,), generator=gen).tolist()
-        x = source.take(idx)
-        if augment:
-            flip = torch.rand(bs, generator=gen) < 0.5
-            if bool(flip.any()):
-                x[flip] = x[flip].flip(-1)
-            if max_zoom > 1.0:
-                x = _zoom(x, gen, max_zoom)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            with torch.no_grad():
-                target = teacher(x)
-            out = student(x)
-        # The loss itself in float32.
-        return loss_fn(_to_float(out), _to_float(target))
-
+    compute_loss = _distillation_step(student, teacher, source, distillation_loss(layout, reference), bs, augment, max_zoom, use_bf16, seed)
     try:
-        stats = _train_loop(student, compute_loss, steps, time_budget_s, lr, masks, progress, "distilling", bn, on_step=on_step)
+        stats = _train_loop(student, compute_loss, steps, time_budget_s, lr, masks, progress or None, "recover", bn, on_step=on_step)
     finally:
-        student.to(memory_format=torch.contiguous_format)
+        _channels_last(student, torch.contiguous_format)
     if bn == "train" and recalibrate:
         # Training normalised with batch statistics; the running statistics
         # (momentum-averaged, lagging behind the changing weights) are
@@ -312,6 +279,65 @@ def recover(
     return stats
 
 
+def _check_recover_args(steps: Optional[int], time_budget_s: Optional[float], bn: str, precision: str, batch_size: int) -> None:
+    _check_budget(steps, time_budget_s)
+    if bn not in BN_MODES:
+        raise EdgekitError("unknown BatchNorm mode %r" % bn, "use one of: %s" % ", ".join(BN_MODES))
+    if precision not in ("auto", "bf16", "fp32"):
+        raise EdgekitError("unknown precision %r" % precision, "use auto, bf16 or fp32")
+    if batch_size < 1:
+        raise EdgekitError("batch size must be at least 1", "pass a positive batch size")
+
+
+def _frozen_teacher(teacher: nn.Module) -> nn.Module:
+    """A private, frozen, channels-last copy of the teacher: the caller's model stays as it is."""
+    import copy
+
+    teacher = copy.deepcopy(teacher).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    _channels_last(teacher)
+    return teacher
+
+
+def _distillation_step(student, teacher, source: ImageSource, loss_fn, bs: int, augment: bool, max_zoom: float, use_bf16: bool, seed: int) -> Callable[[int], torch.Tensor]:
+    """``compute_loss(step)``: a random (augmented) batch, the teacher's outputs as targets, the student's loss."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+
+    def compute_loss(step: int) -> torch.Tensor:
+        idx = torch.randint(len(source), (bs,), generator=gen).tolist()
+        x = source.take(idx)
+        if augment:
+            flip = torch.rand(bs, generator=gen) < 0.5
+            if bool(flip.any()):
+                x[flip] = x[flip].flip(-1)
+            if max_zoom > 1.0:
+                x = _zoom(x, gen, max_zoom)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.no_grad():
+                target = teacher(x)
+            out = student(x)
+        # The loss itself in float32.
+        return loss_fn(_to_float(out), _to_float(target))
+
+    return compute_loss
+
+
+def _channels_last(model: nn.Module, memory_format: torch.memory_format = torch.channels_last) -> None:
+    """Put the model's 4-D parameters and buffers in ``memory_format``, in place.
+
+    Not ``model.to(memory_format=...)``: that goes through the model's own
+    ``_apply``, and YOLOv5's ``Model._apply`` pushes ``Detect.grid`` and
+    ``anchor_grid`` (5-D) through it too, which channels-last rejects
+    ("required rank 4 tensor"). Only conv-shaped tensors gain from the layout.
+    """
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=memory_format)
+
+
 def _to_float(outputs):
     if isinstance(outputs, torch.Tensor):
         return outputs.float()
@@ -331,7 +357,7 @@ def finetune(
     lr: float = 1e-3,
     optimizer: Optional[torch.optim.Optimizer] = None,
     masks: Optional[Masks] = None,
-    progress: bool = True,
+    progress: Optional[Callback] = None,
     bn: str = "train",
 ) -> Dict[str, object]:
     """Your own labelled fine-tuning: ``step_fn(model, batch)`` returns the loss of one batch.
@@ -356,6 +382,6 @@ def finetune(
         first[0] = False
         return step_fn(model, batch)
 
-    stats = _train_loop(model, compute_loss, steps, time_budget_s, lr, masks, progress, "fine-tuning", bn, optimizer=optimizer)
+    stats = _train_loop(model, compute_loss, steps, time_budget_s, lr, masks, progress or None, "finetune", bn, optimizer=optimizer)
     stats["method"] = "finetune"
     return stats

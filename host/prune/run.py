@@ -12,6 +12,7 @@ from edgekit.calibration.images import load_images
 from edgekit.calibration.preprocess import PreprocessSpec
 
 from edgekit.contract.errors import EdgekitError
+from edgekit.host.progress import Callback
 from . import sparsity as S
 from .checkpoint import save_pruned
 from .config import PruneConfig
@@ -48,7 +49,7 @@ def recover_result(
     time_budget_s: Optional[float] = None,
     lr: float = 1e-3,
     batch_size: int = 8,
-    progress: bool = False,
+    progress: Optional[Callback] = None,
     on_step: Optional[Callable[[int, int], None]] = None,
 ) -> Dict[str, Any]:
     """Distil ``result.model`` from ``teacher`` (in place), record it in the report, re-measure sparsity.
@@ -77,15 +78,29 @@ def prune_and_recover(
     recover_time_s: Optional[float] = None,
     recover_lr: float = 1e-3,
     recover_batch: int = 8,
-    progress: bool = False,
+    progress: Optional[Callback] = None,
     on_progress: Optional[Callable[[str, int, int], None]] = None,
     on_recover_step: Optional[Callable[[int, int], None]] = None,
+    check: Optional[Callable[[PruneResult], None]] = None,
 ) -> PruneResult:
     """Prune ``module`` (untouched) and, when a step count or time budget is given, distil it back.
 
-    ``calib``: a list of (1, C, H, W) tensors or an ImageBatch, at ``input_size``."""
+    ``calib``: a list of (1, C, H, W) tensors or an ImageBatch, at ``input_size``.
+    ``progress(event)`` receives recovery's step events (edgekit.host.progress).
+    ``check(result)`` runs on the pruned model *before* recovery and raises
+    EdgekitError to refuse it, so a refused model never spends the recovery
+    budget; whatever ``check`` accepts, a model that does not run (or whose
+    outputs changed) is not distilled: recovery would fail inside."""
     result = prune_model(module, example_input(input_size, calib), config, calib_images=calib, progress=on_progress, layout=layout)
+    if check is not None:
+        check(result)
     if recover_steps is not None or recover_time_s is not None:
+        report = result.report
+        if not (report.runs and report.outputs_unchanged):
+            raise EdgekitError(
+                "the pruned model cannot be recovered: %s" % (report.problems[0] if report.problems else "its outputs changed"),
+                "prune less, or keep the failing layers' channels, then recover",
+            )
         recover_result(result, module, calib, layout, recover_steps, recover_time_s, recover_lr, recover_batch, progress, on_recover_step)
     return result
 

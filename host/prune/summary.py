@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from edgekit.host.prune.alignment import LayerRow
+from edgekit.host.prune.metrics import MACS_COUNT
 
 REPORT_JSON = "prune_report.json"
 REPORT_PNG = "prune_channels.png"
@@ -37,6 +38,7 @@ class PruneReport:
     groups: int = 0
     sparsity: Optional[Dict[str, Any]] = None
     recovery: Optional[Dict[str, Any]] = None
+    excluded: List[Dict[str, str]] = field(default_factory=list)  # groups left unpruned automatically: group, block, reason
     seconds: float = 0.0
 
     @property
@@ -64,7 +66,7 @@ class PruneReport:
             "ignore": list(self.ignore),
             "input_shape": list(self.input_shape),
             "params": {"before": self.params_before, "after": self.params_after},
-            "macs": {"before": self.macs_before, "after": self.macs_after, "reduction": round(self.macs_reduction, 6)},
+            "macs": {"before": self.macs_before, "after": self.macs_after, "reduction": round(self.macs_reduction, 6), "counts": MACS_COUNT},
             "file_size": {"before": self.size_before, "after": self.size_after},
             "groups": self.groups,
             "aligned": self.aligned,
@@ -72,6 +74,7 @@ class PruneReport:
             "outputs": {"before": self.outputs_before, "after": self.outputs_after, "unchanged": self.outputs_unchanged},
             "problems": list(self.problems),
             "notes": list(self.notes),
+            "excluded": [dict(e) for e in self.excluded],
             "sparsity": self.sparsity,
             "recovery": self.recovery,
             "seconds": round(self.seconds, 3),
@@ -109,8 +112,6 @@ class PruneReport:
             base = [k - a for k, a in zip(kept, added)]
             colours = ["#9a9a9a" if r.fixed else "#3b7dd8" for r in rows]
             ax.barh(ys, base, color=colours, label="kept")
-            if any(r.fixed for r in rows):
-                ax.barh([], [], color="#9a9a9a", label="fixed (task output / ignored)")
             ax.barh(ys, added, left=base, color="#8fc1f0", label="added by alignment")
             ax.barh(ys, pruned, left=kept, color="#e0e0e0", edgecolor="#b0b0b0", linewidth=0.3, label="pruned")
             labels = ["%s%s" % (r.name, " (fixed)" if r.fixed else "") for r in rows]
@@ -126,7 +127,15 @@ class PruneReport:
                 self.alignment,
             )
             ax.set_title(title, fontsize=9)
-            ax.legend(loc="lower right", fontsize=7)
+            # Legend swatches drawn from the bar colours themselves: an empty barh for
+            # "fixed" fell back to matplotlib's default blue while the fixed bars are grey.
+            from matplotlib.patches import Patch
+
+            handles = [Patch(color="#3b7dd8", label="kept")]
+            if any(r.fixed for r in rows):
+                handles.append(Patch(color="#9a9a9a", label="fixed (task output / ignored)"))
+            handles += [Patch(color="#8fc1f0", label="added by alignment"), Patch(facecolor="#e0e0e0", edgecolor="#b0b0b0", label="pruned")]
+            ax.legend(handles=handles, loc="lower right", fontsize=7)
             ax.margins(y=0.005)
             fig.tight_layout()
             tmp = path + ".partial.png"
@@ -145,7 +154,7 @@ class PruneReport:
         for col in ("", "before", "after", "change"):
             summary.add_column(col, justify="right" if col else "left")
         summary.add_row("parameters", _count(self.params_before), _count(self.params_after), _pct(self.params_before, self.params_after))
-        summary.add_row("MACs", _count(self.macs_before), _count(self.macs_after), _pct(self.macs_before, self.macs_after))
+        summary.add_row("MACs (conv, linear, matmul)", _count(self.macs_before), _count(self.macs_after), _pct(self.macs_before, self.macs_after))
         summary.add_row("file size", _bytes(self.size_before), _bytes(self.size_after), _pct(self.size_before, self.size_after))
         how = self.strategy
         if self.bn_threshold is not None:
@@ -185,6 +194,8 @@ class PruneReport:
             )
         for note in self.notes:
             console.print("[yellow]note:[/yellow] %s" % note)
+        for item in self.excluded:
+            console.print("[yellow]left unpruned:[/yellow] group %s in %s: %s" % (item["group"], item["block"], item["reason"]), highlight=False)
         for problem in self.problems:
             console.print("[red]problem:[/red] %s" % problem)
         verdict = []

@@ -5,10 +5,16 @@
 3. the profile's scheme (edgekit.host.quantize.schemes), TensorRT's placement
    rules where the target is TensorRT;
 4. the detection head's decode tail stays float (one int8 scale over pixel
-   coordinates and probabilities rounds every score to zero);
+   coordinates and probabilities rounds every score to zero); on the CPU
+   schemes the head convs are split into box and score parts so they run
+   int8 (edgekit.host.quantize.head_split);
 5. mixed precision: while the output's SQNR is below the target, the layers
    whose own quantization is worst stay float, a few more each round;
-6. for TensorRT 8.x also a calibration cache in TensorRT's format.
+6. for TensorRT, the result must pass TensorRT's documented Q/DQ rules
+   (edgekit.host.quantize.trt_rules); for TensorRT 8.x also a calibration
+   cache in TensorRT's format;
+7. what ONNX Runtime runs in float after fusing the graph is counted on its
+   optimized graph (edgekit.host.quantize.runtime_graph) and reported.
 """
 import contextlib
 import dataclasses
@@ -16,7 +22,7 @@ import io
 import logging
 import os
 import shutil
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -32,6 +38,9 @@ from edgekit.host.quantize.qdq_graph import decode_tail, name_nodes, residual_ad
 from .placement import qdq_tensors, quantize_residual_skips, unquantize_tensors
 from .schemes import Scheme, op_types_to_quantize, scheme_for
 from edgekit.host.quantize.layer_sqnr import Unit, output_sqnr, rank_units
+from .head_split import split_head_convs
+from .runtime_graph import runtime_summary
+from .trt_rules import tensorrt_violations
 
 # Images used to measure SQNR and rank layers (a subset of the calibration set).
 CHECK_IMAGES = 8
@@ -58,11 +67,24 @@ class QuantResult:
     shared_scale_tensors: int
     residual_skips: int  # residual Adds whose skip input (only) arrives through Q/DQ
     trt_cache: Optional[str]  # the cache text, when the profile asks for one
+    # What ONNX Runtime runs in float after fusing the QDQ graph (runtime_graph.runtime_summary).
+    runtime: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def runtime_float_nodes(self) -> int:
+        return int(self.runtime.get("float_nodes", 0))
 
     def summary(self) -> str:
         worst = min(self.sqnr_db.values()) if self.sqnr_db else float("nan")
         floats = len({n for u in self.float_units for n in u["nodes"]})
-        return "%s/%s, %d images, SQNR %.1f dB, %d head nodes + %d nodes float" % (self.scheme.name, self.method, self.images, worst, len(self.head_float), floats)
+        return "%s/%s, %d images, SQNR %.1f dB, %d nodes run float (head %d + mixed precision %d in the QDQ graph)" % (
+            self.scheme.name,
+            self.method,
+            self.images,
+            worst,
+            self.runtime_float_nodes(),
+            len(self.head_float),
+            floats,
+        )
 
     def calibration_dict(self) -> Dict[str, Any]:
         ranges = {
@@ -84,6 +106,7 @@ class QuantResult:
                 "mixed_precision_rounds": list(self.history),
                 "shared_scale_tensors": self.shared_scale_tensors,
                 "residual_skip_qdq": self.residual_skips,
+                "runtime_float": {k: v for k, v in self.runtime.items()},
             }
         )
         return d
@@ -186,6 +209,179 @@ def trt_cache_text(ranges: Any, fp32_graph: str, version: str) -> str:
     return trt_cache.dumps(trt_cache.TrtCache(trt_cache.version_code(version), TRT_CACHE_ALGORITHM, scales))
 
 
+@dataclasses.dataclass
+class _Prepared:
+    """Everything one build's trial quantizations share (computed once)."""
+
+    scheme: Scheme
+    method: str
+    work: str
+    pre_path: str
+    model: onnx.ModelProto
+    head: List[str]  # decode-tail nodes kept float
+    head_maps: List[str]  # the raw maps the tail reads (their Q/DQ is removed)
+    quantized_ops: List[str]
+    ranges: Any
+    ranges_path: str
+    images: int
+    shared: int
+    adds: List[Any]
+    check_inputs: List[np.ndarray]
+    reference: List[List[np.ndarray]]
+    trial: str
+
+
+@dataclasses.dataclass
+class _Trial:
+    sqnr: Dict[str, float]
+    skips: List[Dict[str, Any]]  # residual skip inputs given their own Q/DQ
+
+
+def _per_channel_possible(model: onnx.ModelProto, profile_name: str, warn: Callable[[str], None]) -> bool:
+    """Per-channel DequantizeLinear (its ``axis``) exists from opset 13; older graphs get per-tensor weights."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset >= 13:
+        return True
+    warn(
+        "int8 weights per tensor, not per channel: profile %s exports opset %d and per-channel DequantizeLinear needs opset 13"
+        " (set opset = 13 in the profile if its toolchain takes it)" % (profile_name, opset)
+    )
+    return False
+
+
+def _head(model: onnx.ModelProto, pre_path: str, scheme: Scheme, keep_float: bool) -> Tuple[List[str], List[str]]:
+    """(decode-tail nodes kept float, head maps whose Q/DQ is removed); may split the head convs in ``pre_path``."""
+    if not keep_float:
+        return [], []
+    head = decode_tail(model)
+    # The raw maps entering the tail stay float too: one uint8/int8 scale over
+    # xy, wh, objectness and class logits costs box precision (mAP@.75) ...
+    head_maps = tail_inputs(model, head) if head else []
+    if head_maps and scheme.split_head:
+        # ... unless the head convs are split into box and score parts, each
+        # with its own int8 scale: then they run as QLinearConv.
+        parts = split_head_convs(model, head_maps)
+        if parts:
+            onnx.save(model, pre_path)
+            head = decode_tail(model)
+            head_maps = [t for t in tail_inputs(model, head) if t not in parts]
+    return head, head_maps
+
+
+def _prepare(
+    fp32_path: str, out_path: str, calib: ImageBatch, profile: Profile, method: str, images: int, workdir: str, check_images: int, warn: Callable[[str], None]
+) -> _Prepared:
+    """Pre-process, find the head, calibrate once, and run the float reference."""
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    q = profile.quantization
+    work = os.path.join(workdir, "int8-" + os.path.basename(out_path).rsplit(".", 1)[0])
+    os.makedirs(work, exist_ok=True)
+    pre_path = os.path.join(work, "pre.onnx")
+    model = pre_process(fp32_path, pre_path)
+    scheme = scheme_for(q.scheme, q.per_channel and _per_channel_possible(model, profile.name, warn))
+    input_name = [i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer}][0]
+    head, head_maps = _head(model, pre_path, scheme, q.keep_head_float)
+    quantized_ops = op_types_to_quantize(scheme)
+    # The TensorRT cache covers every tensor; otherwise only what gets quantized.
+    calib_ops = [] if q.trt_calibration_cache and implicit_int8(profile.tensorrt.version) else quantized_ops
+    count = min(images, len(calib))
+    ranges = calibrate(pre_path, calib, input_name, method, calib_ops, count, q.percentile, symmetric=scheme.activation_symmetric)
+    shared = unify_ranges(ranges, shared_scale_groups(model, exclude=head)) if scheme.share_concat_scales else 0
+    ranges_path = os.path.join(work, "ranges.json")
+    save_tensors_data(ranges, ranges_path)
+    check_inputs = [calib.tensor(i) for i in range(min(check_images, len(calib)))]
+    return _Prepared(
+        scheme=scheme,
+        method=method,
+        work=work,
+        pre_path=pre_path,
+        model=model,
+        head=head,
+        head_maps=head_maps,
+        quantized_ops=quantized_ops,
+        ranges=ranges,
+        ranges_path=ranges_path,
+        images=count,
+        shared=shared,
+        adds=residual_adds(model, exclude=head) if scheme.residual_rule else [],
+        check_inputs=check_inputs,
+        reference=_run(pre_path, check_inputs),
+        trial=os.path.join(work, "trial.onnx"),
+    )
+
+
+def _attempt(prep: _Prepared, exclude: Sequence[str], layout: str) -> _Trial:
+    """Quantize with ``exclude`` kept float, apply the placement fix-ups, measure output SQNR."""
+    from .calibrate import _method
+
+    _quantize(prep.pre_path, prep.trial, prep.ranges_path, prep.scheme, _method(prep.method), exclude)
+    qmodel = onnx.load(prep.trial)
+    skips = quantize_residual_skips(qmodel, prep.adds, prep.ranges) if prep.adds else []
+    unquantize_tensors(qmodel, prep.head_maps)
+    onnx.save(qmodel, prep.trial)
+    return _Trial(output_sqnr(prep.reference, _run(prep.trial, prep.check_inputs), layout), skips)
+
+
+def _next_batch(ranking: List[Unit], float_units: List[Unit], excluded: List[str], take: int, room: int) -> List[Unit]:
+    """The next ``take`` worst units not yet float whose new nodes fit in ``room``."""
+    batch: List[Unit] = []
+    for u in ranking:
+        if u in float_units or set(u.nodes) <= set(excluded):
+            continue
+        new = [n for n in u.nodes if n not in excluded]
+        if len(batch) >= take or len(new) > room:
+            break
+        batch.append(u)
+        room -= len(new)
+    return batch
+
+
+def _mixed_precision(
+    prep: _Prepared, first: _Trial, layout: str, target_db: float, max_rounds: int, warn: Callable[[str], None]
+) -> Tuple[_Trial, List[Unit], List[Dict[str, Any]]]:
+    """While the output SQNR is below target, return the worst layers to float (1, 2, 4, ... a round, capped)."""
+    trial = first
+    float_units: List[Unit] = []
+    history = [{"float_nodes": 0, "sqnr_db": trial.sqnr}]
+    if target_db <= 0 or min(trial.sqnr.values()) >= target_db:
+        return trial, float_units, history
+    params = qdq_tensors(onnx.load(prep.trial))
+    acts = _float_activations(prep.pre_path, list(params), prep.check_inputs[:RANK_IMAGES], prep.work)
+    excluded = list(prep.head)
+    ranking = rank_units(prep.model, acts, params, prep.scheme.activation == "int8", prep.scheme.per_channel, excluded, prep.quantized_ops)
+    quantizable = sum(1 for n in prep.model.graph.node if n.op_type in prep.quantized_ops and n.name not in prep.head)
+    budget = max(1, int(MAX_FLOAT_FRACTION * quantizable))
+    take = 1
+    for _ in range(max_rounds):
+        batch = _next_batch(ranking, float_units, excluded, take, budget - (len(excluded) - len(prep.head)))
+        if not batch:
+            break
+        float_units.extend(batch)
+        for u in batch:
+            excluded.extend(n for n in u.nodes if n not in excluded)
+        trial = _attempt(prep, excluded, layout)
+        history.append({"float_nodes": len(excluded) - len(prep.head), "sqnr_db": trial.sqnr})
+        if min(trial.sqnr.values()) >= target_db:
+            break
+        take *= 2
+    if min(trial.sqnr.values()) < target_db:
+        warn(
+            "int8 output SQNR %.1f dB stays below the %.1f dB target with %d nodes kept in float (the most mixed precision may keep is %d)"
+            % (min(trial.sqnr.values()), target_db, len(excluded) - len(prep.head), budget)
+        )
+    return trial, float_units, history
+
+
+def _trt_cache(profile: Profile, ranges: Any, fp32_path: str, warn: Callable[[str], None]) -> Optional[str]:
+    if not profile.quantization.trt_calibration_cache:
+        return None
+    if implicit_int8(profile.tensorrt.version):
+        return trt_cache_text(ranges, fp32_path, profile.tensorrt.version)
+    warn("no TensorRT calibration cache: TensorRT %s has no implicit INT8 (the Q/DQ graph is what it builds)" % profile.tensorrt.version)
+    return None
+
+
 def quantize_int8(
     fp32_path: str,
     out_path: str,
@@ -201,104 +397,31 @@ def quantize_int8(
     max_rounds: int = MAX_ROUNDS,
 ) -> QuantResult:
     """Write the INT8 QDQ model of ``fp32_path`` to ``out_path`` per the profile."""
-    from onnxruntime.quantization.calibrate import save_tensors_data
-
-    from .calibrate import _method
-
     if calib is None or not len(calib):
         raise EdgekitError("int8 needs calibration images", "pass a folder of representative images with --calib")
-    q = profile.quantization
-    scheme = scheme_for(q.scheme, q.per_channel)
-    work = os.path.join(workdir, "int8-" + os.path.basename(out_path).rsplit(".", 1)[0])
-    os.makedirs(work, exist_ok=True)
-    pre_path = os.path.join(work, "pre.onnx")
-    model = pre_process(fp32_path, pre_path)
-    input_name = [i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer}][0]
-
-    head = decode_tail(model) if q.keep_head_float else []
-    # The raw maps entering the tail stay float too: one uint8/int8 scale over
-    # xy, wh, objectness and class logits costs box precision (mAP@.75).
-    head_maps = tail_inputs(model, head) if head else []
-    quantized_ops = op_types_to_quantize(scheme)
-    # The TensorRT cache covers every tensor; otherwise only what gets quantized.
-    calib_ops = [] if q.trt_calibration_cache and implicit_int8(profile.tensorrt.version) else quantized_ops
-    count = min(images, len(calib))
-    ranges = calibrate(pre_path, calib, input_name, method, calib_ops, count, q.percentile, symmetric=scheme.activation_symmetric)
-    shared = unify_ranges(ranges, shared_scale_groups(model, exclude=head)) if scheme.share_concat_scales else 0
-    ranges_path = os.path.join(work, "ranges.json")
-    save_tensors_data(ranges, ranges_path)
-    adds = residual_adds(model, exclude=head) if scheme.residual_rule else []
-
-    check_inputs = [calib.tensor(i) for i in range(min(check_images, len(calib)))]
-    reference = _run(pre_path, check_inputs)
-    trial = os.path.join(work, "trial.onnx")
-
-    def attempt(exclude: Sequence[str]) -> Dict[str, float]:
-        _quantize(pre_path, trial, ranges_path, scheme, _method(method), exclude)
-        qmodel = onnx.load(trial)
-        attempt.skips = quantize_residual_skips(qmodel, adds, ranges) if adds else []  # type: ignore[attr-defined]
-        unquantize_tensors(qmodel, head_maps)
-        onnx.save(qmodel, trial)
-        return output_sqnr(reference, _run(trial, check_inputs), layout)
-
-    float_units: List[Unit] = []
-    excluded = list(head)
-    sqnr = attempt(excluded)
-    history = [{"float_nodes": 0, "sqnr_db": sqnr}]
-    if snr_target_db > 0 and min(sqnr.values()) < snr_target_db:
-        qmodel = onnx.load(trial)
-        params = qdq_tensors(qmodel)
-        acts = _float_activations(pre_path, list(params), check_inputs[:RANK_IMAGES], work)
-        ranking = rank_units(model, acts, params, scheme.activation == "int8", scheme.per_channel, excluded, quantized_ops)
-        quantizable = sum(1 for n in model.graph.node if n.op_type in quantized_ops and n.name not in head)
-        budget = max(1, int(MAX_FLOAT_FRACTION * quantizable))
-        take = 1
-        for _ in range(max_rounds):
-            fresh = [u for u in ranking if u not in float_units and not set(u.nodes) <= set(excluded)]
-            room = budget - (len(excluded) - len(head))
-            batch = []
-            for u in fresh:
-                new = [n for n in u.nodes if n not in excluded]
-                if len(batch) >= take or len(new) > room:
-                    break
-                batch.append(u)
-                room -= len(new)
-            if not batch:
-                break
-            float_units.extend(batch)
-            for u in batch:
-                excluded.extend(n for n in u.nodes if n not in excluded)
-            sqnr = attempt(excluded)
-            history.append({"float_nodes": len(excluded) - len(head), "sqnr_db": sqnr})
-            if min(sqnr.values()) >= snr_target_db:
-                break
-            take *= 2
-        if min(sqnr.values()) < snr_target_db:
-            warn(
-                "int8 output SQNR %.1f dB stays below the %.1f dB target with %d nodes kept in float (the most mixed precision may keep is %d)"
-                % (min(sqnr.values()), snr_target_db, len(excluded) - len(head), budget)
-            )
-    shutil.copyfile(trial, out_path)
-    skips = getattr(attempt, "skips", [])
-
-    cache = None
-    if q.trt_calibration_cache:
-        if implicit_int8(profile.tensorrt.version):
-            cache = trt_cache_text(ranges, fp32_path, profile.tensorrt.version)
-        else:
-            warn("no TensorRT calibration cache: TensorRT %s has no implicit INT8 (the Q/DQ graph is what it builds)" % profile.tensorrt.version)
+    prep = _prepare(fp32_path, out_path, calib, profile, method, images, workdir, check_images, warn)
+    first = _attempt(prep, prep.head, layout)
+    trial, float_units, history = _mixed_precision(prep, first, layout, snr_target_db, max_rounds, warn)
+    violations = tensorrt_violations(onnx.load(prep.trial)) if prep.scheme.name == "tensorrt" else []
+    if violations:
+        raise EdgekitError(
+            "the int8 graph breaks TensorRT's Q/DQ rules: %s" % "; ".join(violations[:3]),
+            "report this as an edgekit bug; build fp16 or fp32 for TensorRT meanwhile",
+        )
+    shutil.copyfile(prep.trial, out_path)
     return QuantResult(
         path=out_path,
-        scheme=scheme,
+        scheme=prep.scheme,
         method=method,
-        images=count,
+        images=prep.images,
         skipped=len(calib.skipped),
-        head_float=head,
+        head_float=prep.head,
         float_units=[{"nodes": u.nodes, "reason": u.reason, "sqnr_db": round(u.sqnr, 2)} for u in float_units],
-        sqnr_db=sqnr,
+        sqnr_db=trial.sqnr,
         sqnr_target_db=snr_target_db,
         history=history,
-        shared_scale_tensors=shared,
-        residual_skips=len(skips),
-        trt_cache=cache,
+        shared_scale_tensors=prep.shared,
+        residual_skips=len(trial.skips),
+        trt_cache=_trt_cache(profile, prep.ranges, fp32_path, warn),
+        runtime=runtime_summary(out_path),
     )

@@ -31,6 +31,8 @@ class Scheme:
     exclude_output_ops: Tuple[str, ...]  # ops whose outputs get no Q/DQ of their own
     share_concat_scales: bool
     residual_rule: bool
+    # Head convs split into box/score parts so they run int8 (edgekit.host.quantize.head_split).
+    split_head: bool = False
 
     def ort_types(self) -> Tuple[Any, Any]:
         from onnxruntime.quantization import QuantType
@@ -51,6 +53,9 @@ class Scheme:
             options["AddQDQPairToWeight"] = True
             options["DedicatedQDQPair"] = True
             options["QDQOpTypePerChannelSupportToAxis"] = {"MatMul": 1}
+            # Biases stay float: TensorRT's ONNX parser rejects an int32 bias behind
+            # DequantizeLinear (onnx-tensorrt #850) and quantizes biases itself.
+            options["QuantizeBias"] = False
         return options
 
     def to_dict(self) -> Dict[str, Any]:
@@ -64,9 +69,9 @@ class Scheme:
 
 def scheme_for(name: str, per_channel: bool = True) -> Scheme:
     if name == "u8s8":
-        return Scheme("u8s8", "uint8", "int8", False, per_channel, (), (), False, False)
+        return Scheme("u8s8", "uint8", "int8", False, per_channel, (), (), False, False, split_head=True)
     if name == "s8s8":
-        return Scheme("s8s8", "int8", "int8", False, per_channel, (), (), False, False)
+        return Scheme("s8s8", "int8", "int8", False, per_channel, (), (), False, False, split_head=True)
     if name == "tensorrt":
         return Scheme("tensorrt", "int8", "int8", True, per_channel, TRT_OP_TYPES, ("Conv", "ConvTranspose", "Gemm", "MatMul"), True, True)
     raise ValueError("unknown quantization scheme %r" % name)

@@ -26,6 +26,7 @@ class Row:
     device: str = ""
     p50_ms: Optional[float] = None
     p99_ms: Optional[float] = None
+    p90_ms: Optional[float] = None
     mean_ms: Optional[float] = None
     fps: Optional[float] = None
     pre_ms: Optional[float] = None
@@ -124,6 +125,7 @@ def rows_for(result: LoadedResult) -> List[Row]:
                 device=_device_label(data),
                 p50_ms=_num(lat.get("p50")),
                 p99_ms=_num(lat.get("p99")),
+                p90_ms=_num(lat.get("p90")),
                 mean_ms=_num(lat.get("mean")),
                 fps=_num(run.get("throughput_fps")),
                 pre_ms=_stage(run, "preprocess"),
@@ -176,7 +178,8 @@ def build_rows(results: Sequence[LoadedResult], baseline: Optional[str] = None) 
                     r.dmap = r.map - base.map
         ordered.extend(group)
     if not found_baseline:
-        names = sorted({r.label for r in rows})
+        # Only runs that can be a baseline: a skipped or failed run has no latency to compare with.
+        names = sorted({r.label for r in rows if r.status == "ok"})
         raise EdgekitError("baseline %r matches no successful run" % baseline, "use a variant or bundle/variant among: %s" % ", ".join(names))
     return ordered
 
@@ -202,15 +205,94 @@ def used_columns(rows: Sequence[Row]) -> List[Tuple[str, str, str]]:
 # The deploy summary leaves out what only matters when comparing (see edgekit report).
 SUMMARY_COLUMNS = ("target", "bundle", "variant", "backend", "status", "p50_ms", "p99_ms", "fps", "pre_ms", "infer_ms", "post_ms", "map", "map50", "drift")
 
+# Most important first: when the terminal is narrow, columns are taken in this
+# order while they fit (whole, never cut), then shown in COLUMNS order.
+IMPORTANCE = (
+    "target", "bundle", "variant", "status", "p50_ms", "map", "speedup", "dmap", "fps", "p99_ms",
+    "drift", "backend", "size_mb", "infer_ms", "map50", "pre_ms", "post_ms", "gmacs", "params_m",
+)
+# Without these a row cannot be told apart, so they are kept whatever the width.
+REQUIRED = ("target", "bundle", "variant", "status")
+# rich with box=None and pad_edge=False: one space of padding each side between columns.
+GAP = 2
+TEXT_COLUMNS = ("target", "bundle", "variant", "backend", "status")
 
-def rich_table(rows: Sequence[Row], title: Optional[str] = None, summary: bool = False) -> Any:
-    """The table for the terminal (rich)."""
+Column = Tuple[str, str, str]
+
+
+def column_names() -> List[str]:
+    """The names ``--columns`` accepts (the CSV/JSON field names)."""
+    return [attr for attr, _h, _f in COLUMNS]
+
+
+def natural_width(rows: Sequence[Row], column: Column) -> int:
+    """Characters the column needs so that neither its header nor any cell is cut."""
+    attr, header, fmt = column
+    return max([len(header)] + [len(cell(r, attr, fmt)) for r in rows])
+
+
+def _parse_names(names: Sequence[str]) -> List[Column]:
+    by_name = {}
+    for column in COLUMNS:
+        by_name[column[0].lower()] = column
+        by_name[column[1].lower()] = column
+    chosen = []
+    for name in names:
+        column = by_name.get(name.strip().lower())
+        if column is None:
+            raise EdgekitError("unknown column %r" % name, "pass --columns with names among: %s" % ", ".join(column_names()))
+        if column not in chosen:
+            chosen.append(column)
+    return chosen
+
+
+def fit_columns(
+    rows: Sequence[Row], width: Optional[int] = None, names: Optional[Sequence[str]] = None, summary: bool = False
+) -> Tuple[List[Column], List[Column]]:
+    """(shown, hidden) columns: ``names`` as given, else every used column that fits ``width``.
+
+    ``width`` None means no limit (a pipe or a file gets the full table).
+    """
+    if names:
+        return _parse_names(names), []
+    available = [c for c in used_columns(rows) if not summary or c[0] in SUMMARY_COLUMNS]
+    by_attr = {c[0]: c for c in available}
+    chosen = set()
+    total = -GAP
+    for attr in IMPORTANCE:
+        column = by_attr.get(attr)
+        if column is None:
+            continue
+        need = natural_width(rows, column) + GAP
+        if attr in REQUIRED or width is None or total + need <= width:
+            chosen.add(attr)
+            total += need
+    shown = [c for c in available if c[0] in chosen]
+    hidden = [c for c in available if c[0] not in chosen]
+    return shown, hidden
+
+
+def table_width(rows: Sequence[Row], columns: Sequence[Column]) -> int:
+    return sum(natural_width(rows, c) for c in columns) + GAP * max(len(columns) - 1, 0)
+
+
+def rich_table(
+    rows: Sequence[Row],
+    title: Optional[str] = None,
+    summary: bool = False,
+    width: Optional[int] = None,
+    names: Optional[Sequence[str]] = None,
+) -> Any:
+    """The table for the terminal (rich): the columns that fit ``width``, each cell whole."""
     from rich.table import Table
 
     table = Table(title=title, header_style="bold", box=None, pad_edge=False)
-    columns = [c for c in used_columns(rows) if not summary or c[0] in SUMMARY_COLUMNS]
-    for attr, header, _fmt in columns:
-        table.add_column(header, justify="left" if attr in ("target", "bundle", "variant", "backend", "status") else "right")
+    columns, _hidden = fit_columns(rows, width=width, names=names, summary=summary)
+    for column in columns:
+        attr, header, _fmt = column
+        justify = "left" if attr in TEXT_COLUMNS else "right"
+        # min_width and no_wrap: rich must never squeeze a number into "0.7…".
+        table.add_column(header, justify=justify, no_wrap=True, min_width=natural_width(rows, column))
     for r in rows:
         cells = [cell(r, attr, fmt) for attr, _h, fmt in columns]
         style = None if r.status == "ok" else "red"

@@ -2,11 +2,12 @@
 import csv
 import dataclasses
 import io
+import json
 import os
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from edgekit.contract.errors import EdgekitError
-from .table import PIVOTS, Row, cell, pivot, used_columns
+from .table import COLUMNS, PIVOTS, Row, cell, pivot, used_columns
 
 
 def _write_atomic(path: str, write: Callable[[io.StringIO], None]) -> str:
@@ -62,14 +63,38 @@ def write_markdown(rows: Sequence[Row], path: str, title: Optional[str] = None) 
 CSV_FIELDS = [f.name for f in dataclasses.fields(Row)]
 
 
-def write_csv(rows: Sequence[Row], path: str) -> str:
+def csv_text(rows: Sequence[Row]) -> str:
     """Every field of every row, numbers unrounded, empty where unknown."""
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(CSV_FIELDS)
+    for r in rows:
+        values = dataclasses.asdict(r)
+        out.writerow(["" if values[k] is None else values[k] for k in CSV_FIELDS])
+    return buf.getvalue()
 
-    def write(buf: io.StringIO) -> None:
-        out = csv.writer(buf)
-        out.writerow(CSV_FIELDS)
-        for r in rows:
-            values = dataclasses.asdict(r)
-            out.writerow(["" if values[k] is None else values[k] for k in CSV_FIELDS])
 
-    return _write_atomic(path, write)
+def write_csv(rows: Sequence[Row], path: str) -> str:
+    return _write_atomic(path, lambda buf: buf.write(csv_text(rows)))
+
+
+# The JSON report's shape (docs/deploy.md, "edgekit report"): bump the version on
+# any change a reader could trip over (a field renamed, removed or retyped).
+JSON_FORMAT = "edgekit-report"
+JSON_VERSION = 1
+
+
+def report_dict(rows: Sequence[Row], sources: Sequence[str], baseline: Optional[str] = None) -> Dict[str, Any]:
+    """The machine-readable report: one object per row with every field, null where unknown."""
+    return {
+        "format": JSON_FORMAT,
+        "version": JSON_VERSION,
+        "baseline": baseline,
+        "sources": list(sources),
+        "columns": [{"field": a, "header": h} for a, h, _f in COLUMNS],
+        "rows": [dataclasses.asdict(r) for r in rows],
+    }
+
+
+def json_text(rows: Sequence[Row], sources: Sequence[str], baseline: Optional[str] = None) -> str:
+    return json.dumps(report_dict(rows, sources, baseline), indent=2) + "\n"

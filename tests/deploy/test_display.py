@@ -31,7 +31,23 @@ def test_live_lines_show_bytes_throughput_and_agent_progress():
     display.stage(b, "done")
     display.stage(a, "failed", "orin-1 refused the connection")
     text = _text(display)
-    assert "(1/1 variants ok)" in text and "refused the connection" in text
+    assert "1 of 1 variants ok" in text and "refused the connection" in text
+
+
+def test_variant_count_reads_as_position_not_total():
+    display = LiveDisplay(Console(file=io.StringIO(), force_terminal=True, width=140))
+    t = Target(name="orin", host="h", user="u")
+    display.stage(t, "run")
+    display.agent_event(t, {"event": "start", "command": "run", "bundle": "demo", "variants": ["fp32", "fp16", "int8", "p30-int8"]})
+    display.agent_event(t, {"event": "run", "variant": "fp32", "status": "ok", "p50_ms": 3.2})
+    display.agent_event(t, {"event": "progress", "variant": "fp16", "phase": "bench", "done": 5, "total": 100})
+    text = _text(display)
+    # During the second of four variants: its position and the count so far, not "(1/1 variants ok)".
+    assert "[fp16] bench 5/100  (variant 2/4, 1 ok)" in text and "1/1" not in text
+    for name, status in (("fp16", "skipped"), ("int8", "ok"), ("p30-int8", "failed")):
+        display.agent_event(t, {"event": "run", "variant": name, "status": status})
+    display.stage(t, "done")
+    assert "2 of 4 variants ok" in _text(display)
 
 
 def test_plain_mode_prints_one_line_per_event():

@@ -179,3 +179,118 @@ def test_variant_by_target_pivot(results, tmp_path):
     make_report([results], out_dir=str(tmp_path / "r"), plots=False)
     text = open(os.path.join(str(tmp_path / "r"), "report.md")).read()
     assert "## p50 latency (ms), variant x target" in text and "| demo-pruned/fp32 | 20.00 |  |" in text
+
+
+def _render(rows, width, **kw):
+    import io
+
+    from rich.console import Console
+
+    from edgekit.host.report.table import rich_table
+
+    console = Console(file=io.StringIO(), width=width, force_terminal=False)
+    console.print(rich_table(rows, width=width, **kw))
+    return console.file.getvalue()
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_terminal_table_fits_and_no_cell_is_cut(results, width):
+    from edgekit.host.report.table import cell, fit_columns
+
+    rows = build_rows(load_results([results]))
+    text = _render(rows, width)
+    lines = text.splitlines()
+    assert "…" not in text and max(len(line) for line in lines) <= width
+    shown, hidden = fit_columns(rows, width=width)
+    # The key numbers survive any width: who, what, latency, accuracy.
+    assert {"target", "bundle", "variant", "status", "p50_ms", "map"} <= {a for a, _h, _f in shown}
+    # Each row's line holds every shown cell whole, in order.
+    for r, line in zip(rows, lines[1:]):
+        rest = line
+        for attr, _h, fmt in shown:
+            value = cell(r, attr, fmt)
+            assert value in rest, (attr, value, line)
+            rest = rest[rest.index(value) + len(value):]
+    if width == 80:
+        assert hidden  # something had to give
+    if width == 200:
+        assert hidden == []
+
+
+def test_columns_option_and_unknown_column(results):
+    rows = build_rows(load_results([results]))
+    text = _render(rows, 80, names=["variant", "p50_ms", "mAP@.5"])
+    assert text.splitlines()[0].split() == ["variant", "p50", "ms", "mAP@.5"]
+    with pytest.raises(EdgekitError, match="unknown column 'nope'.*p50_ms"):
+        _render(rows, 80, names=["nope"])
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-c", "from edgekit.host.cli.main import main; main()", "report"] + list(args),
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_report_json_csv_md_to_stdout(results, tmp_path):
+    proc = _cli(results, "--out", str(tmp_path / "r"), "--no-plots", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)  # stdout is the JSON alone
+    assert data["format"] == "edgekit-report" and data["version"] == 1 and len(data["sources"]) == 3
+    by = {(r["target"], r["bundle"], r["variant"]): r for r in data["rows"]}
+    assert len(by) == 5 and by[("orin", "demo-pruned", "fp32")]["p50_ms"] == 20.0
+    assert by[("orin", "demo-pruned", "fp32")]["speedup"] == pytest.approx(2.0)
+    assert by[("orin", "demo-cpu", "trt-int8")]["status"] == "failed" and by[("orin", "demo-cpu", "trt-int8")]["p50_ms"] is None
+    assert "read 3 result file(s)" in proc.stderr
+    proc = _cli(results, "--out", str(tmp_path / "r"), "--no-plots", "--format", "csv")
+    table = list(csv.DictReader(proc.stdout.splitlines()))
+    assert proc.returncode == 0 and len(table) == 5 and float(table[0]["p50_ms"]) == 40.0
+    proc = _cli(results, "--out", str(tmp_path / "r"), "--no-plots", "--format", "md")
+    assert proc.returncode == 0 and proc.stdout.startswith("# edgekit report") and "| orin | demo-pruned | fp32 |" in proc.stdout
+
+
+def test_piped_table_is_full_and_bad_columns_is_one_line(results, tmp_path):
+    proc = _cli(results, "--out", str(tmp_path / "r"), "--no-plots")
+    assert proc.returncode == 0 and "GMACs" in proc.stdout and "params M" in proc.stdout and "…" not in proc.stdout
+    assert "not shown" not in proc.stdout
+    proc = _cli(results, "--out", str(tmp_path / "r"), "--no-plots", "--columns", "variant,bogus")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown column 'bogus'") and proc.stderr.count("\n") == 1
+
+
+def test_bad_baseline_lists_only_successful_runs(results):
+    with pytest.raises(EdgekitError) as err:
+        build_rows(load_results([results]), baseline="nope")
+    assert "trt-int8" not in str(err.value.fix) and "demo-pruned/fp32" in str(err.value.fix)
+
+
+def test_deploy_summary_fits_80_columns(results):
+    rows = build_rows(load_results([results]))
+    text = _render(rows, 80, summary=True)
+    header = text.splitlines()[0]
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "p50 ms" in header and "mAP@.5:.95" in header and "x base" not in header  # summary leaves comparisons out
+
+
+def test_frontier_plot_names_the_front_and_keeps_labels_apart(tmp_path):
+    from edgekit.host.report.plots import frontier_figure
+
+    root = str(tmp_path / "res")
+    # Two bundles whose points nearly coincide: their labels used to print on top of each other.
+    _write(root, "orin", "a", [_run("fp32", "fp32", 40.0, 50.0, 5, 40, 8, 0.620, 0.9, 0.0), _run("int8", "int8", 25.0, 30.0, 5, 25, 8, 0.600, 0.9, 0.0)], "20260101T000000Z")
+    _write(root, "orin", "b", [_run("fp32", "fp32", 40.4, 52.0, 5, 40, 8, 0.6201, 0.9, 0.0), _run("int8", "int8", 25.2, 31.0, 5, 25, 8, 0.6002, 0.9, 0.0)], "20260101T000001Z")
+    _write(root, "pi", "a", [_run("fp32", "fp32", 41.0, 70.0, 5, 40, 8, 0.6199, 0.9, 0.0)], "20260101T000002Z")
+    fig = frontier_figure(build_rows(load_results([root])))
+    ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "Pareto front (orin)" in legend and "bundle a" in legend and "bundle b" in legend and "target pi" in legend
+    # Distinct colour per bundle.
+    colours = {tuple(c.get_facecolor()[0]) for c in ax.collections}
+    assert len(colours) == 2
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == 5
+    overlaps = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+    assert overlaps == []
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

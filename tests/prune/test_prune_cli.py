@@ -94,3 +94,17 @@ def test_onnx_model_cannot_be_pruned(run_cli, capsys, zoo, tmp_path):
     torch.onnx.export(model, (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False, opset_version=13)
     code, stdout, stderr = run_cli(["prune", "--model", str(path), "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "ONNX model, which edgekit cannot prune" in stderr
+
+
+def test_refusal_comes_before_recovery_spends_its_budget(run_cli, capsys, zoo_file, tmp_path, image_dir):
+    import time
+
+    (tmp_path / "extra.py").write_text(open(zoo_file).read() + "\n\ndef unaligned():\n    return Unaligned()\n")
+    out = tmp_path / "out"
+    args = ["prune", "--model", "%s:unaligned" % (tmp_path / "extra.py"), "--profile", "hisilicon", "--input-size", "32", "--calib", image_dir]
+    started = time.time()
+    code, stdout, stderr = run_cli(args + ["--recover-seconds", "60", "--out", str(out)], capsys)
+    assert code == 2 and time.time() - started < 30.0
+    assert stderr.strip().splitlines()[-1].startswith("error: the pruned model failed its checks")
+    assert "distilling" not in stderr and "Traceback" not in stderr and not out.exists()
+    assert "NOT all channels aligned to 8" in stdout  # the report is still shown with the refusal

@@ -222,10 +222,11 @@ def test_sensitivity_prunes_unimportant_branch_harder(zoo):
         model.a2[1].bias.mul_(0.01)
     torch.manual_seed(1)
     images = [torch.rand(1, 3, 32, 32) for _ in range(4)]
-    cfg = PruneConfig(strategy="sensitivity", target_macs=0.3, alignment=8, sensitivity_images=4)
+    # 0.4 of the conv MACs (BatchNorm is not counted): reached only with branch a cut to one unit.
+    cfg = PruneConfig(strategy="sensitivity", target_macs=0.4, alignment=8, sensitivity_images=4)
     result = prune_model(model, images[0], cfg, calib_images=images)
     counts = layer_counts(result.model)
-    assert result.report.ok and result.report.macs_reduction >= 0.28
+    assert result.report.ok and result.report.macs_reduction >= 0.38
     assert counts["a2.0"][1] == 8  # as far as it can go
     assert counts["b2.0"][1] / 40.0 > counts["a2.0"][1] / 24.0
 

@@ -1,0 +1,166 @@
+"""edgekit int8 against ONNX Runtime's plain quantizer and fp32, on this CPU.
+
+For each model, from the same fp32 graph after ``quant_pre_process``:
+
+- ``fp32``: that graph;
+- ``edgekit``: ``quantize_int8`` with the cpu profile (u8s8, MinMax);
+- ``plain``: ``onnxruntime.quantization.quantize_static`` with QDQ, uint8
+  activations, per-channel int8 weights, MinMax, on the same images.
+
+Latency is measured interleaved (fp32, edgekit, plain, fp32, ... in rounds, in
+one process) at 1 and 2 intra-op threads; each cell is the median over rounds
+of each round's median. The demo rows also get host mAP on the demo's
+validation set. Prints the machine, ONNX Runtime version and load average.
+
+    .venv/bin/python benchmarks/quant_bench.py [--models demo,yolov5s] [--calib-images 32] [--rounds 15] [--runs 5]
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VARIANTS = ("fp32", "edgekit", "plain")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _model(name: str):
+    from edgekit.host.demo import load_demo_model
+
+    if name == "demo":
+        return load_demo_model(), (320, 320)
+    sys.path.insert(0, HERE)
+    from build_bench import yolov5s_size
+
+    return yolov5s_size(), (640, 640)
+
+
+def _plain_int8(pre: str, out: str, calib, input_name: str, count: int) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgekit.calibration.readers import ImageBatchReader
+
+    quantize_static(
+        pre,
+        out,
+        ImageBatchReader(calib, input_name, range(count)),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
+def prepare(name: str, calib_images: int, work: str) -> Dict[str, str]:
+    from edgekit.calibration.images import load_images
+    from edgekit.host.demo import demo_data, preprocess_spec
+    from edgekit.host.export import export_onnx, simplify_onnx
+    from edgekit.host.profiles import load_profile
+    from edgekit.host.quantize import quantize_int8
+    from edgekit.host.quantize.int8 import _quiet, pre_process
+
+    model, size = _model(name)
+    raw, fp32, pre = (os.path.join(work, "%s-%s.onnx" % (name, k)) for k in ("raw", "fp32", "pre"))
+    export_onnx(model, size, raw, 17)
+    simplify_onnx(raw, fp32)
+    graph = pre_process(fp32, pre)
+    input_name = graph.graph.input[0].name
+    spec = preprocess_spec()
+    spec.size = size  # the yolov5s-size model runs at 640x640 on the same images
+    calib = load_images(demo_data().calib_dir, spec, count=calib_images)
+    paths = {"fp32": pre, "edgekit": os.path.join(work, "%s-edgekit.onnx" % name), "plain": os.path.join(work, "%s-plain.onnx" % name)}
+    quantize_int8(fp32, paths["edgekit"], calib, load_profile("cpu"), "minmax", calib_images, 0.0, "yolov5", work)
+    with _quiet():
+        _plain_int8(pre, paths["plain"], calib, input_name, len(calib))
+    return paths
+
+
+def interleaved_ms(paths: Dict[str, str], threads: int, rounds: int, runs: int) -> Dict[str, float]:
+    import onnxruntime as ort
+
+    sessions = {}
+    for k, p in paths.items():
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        sessions[k] = ort.InferenceSession(p, sess_options=options, providers=["CPUExecutionProvider"])
+    first = next(iter(sessions.values())).get_inputs()[0]
+    x = np.random.default_rng(0).random([d if isinstance(d, int) else 1 for d in first.shape], dtype=np.float32)
+    for s in sessions.values():  # warm-up
+        for _ in range(3):
+            s.run(None, {s.get_inputs()[0].name: x})
+    medians: Dict[str, List[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            name = s.get_inputs()[0].name
+            times = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                s.run(None, {name: x})
+                times.append((time.perf_counter() - t) * 1000.0)
+            medians[k].append(statistics.median(times))
+    return {k: statistics.median(v) for k, v in medians.items()}
+
+
+def demo_map(path: str) -> float:
+    from edgekit.host.bundle.reference import evaluate_onnx
+    from edgekit.host.demo import demo_data, postprocess_spec, preprocess_spec
+
+    data = demo_data()
+    return evaluate_onnx(path, data.val_images_dir, data.val_annotations, preprocess_spec(), postprocess_spec())["map"]
+
+
+def main(argv: List[str]) -> int:
+    import onnxruntime as ort
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="demo")
+    parser.add_argument("--calib-images", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--no-map", action="store_true")
+    args = parser.parse_args(argv)
+    print("machine: %s, %d logical CPUs, onnxruntime %s, python %s" % (_cpu_name(), os.cpu_count() or 0, ort.__version__, platform.python_version()))
+    print("load average before: %.2f %.2f %.2f" % os.getloadavg())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgekit-qbench-") as work:
+        for name in args.models.split(","):
+            paths = prepare(name, args.calib_images, work)
+            maps = {k: demo_map(p) for k, p in paths.items()} if name == "demo" and not args.no_map else {}
+            for threads in [int(t) for t in args.threads.split(",")]:
+                ms = interleaved_ms(paths, threads, args.rounds, args.runs)
+                rows.append((name, threads, ms, maps, os.getloadavg()[0]))
+    print("")
+    print("| model | threads | fp32 ms | edgekit int8 ms | plain QDQ int8 ms | edgekit / plain | edgekit / fp32 | mAP fp32 / edgekit / plain | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    for name, threads, ms, maps, load in rows:
+        m = " / ".join("%.3f" % maps[k] for k in VARIANTS) if maps else "-"
+        print(
+            "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %.1f |"
+            % (name, threads, ms["fp32"], ms["edgekit"], ms["plain"], ms["edgekit"] / ms["plain"], ms["edgekit"] / ms["fp32"], m, load)
+        )
+    print("load average after: %.2f %.2f %.2f" % os.getloadavg())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
