@@ -79,7 +79,7 @@ def deploy(
     Exit status: 0 all good; 1 a target ran but a variant failed or drifted;
     2 a target could not be deployed to.
     """
-    from ..deploy.display import LiveDisplay
+    from .deploy_display import LiveDisplay
     from ..deploy.inventory import load_inventory
     from ..deploy.service import deploy as run_deploy
     from ..deploy.targets import parse_target
@@ -140,7 +140,7 @@ def deploy(
 def _summarise(outcomes: List[DeployOutcome], as_json: bool) -> None:
     from rich.console import Console
 
-    from ..deploy.display import sync_summary
+    from .deploy_display import sync_summary
     from ..report.load import LoadedResult
     from ..report.table import build_rows, rich_table
 

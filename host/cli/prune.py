@@ -103,12 +103,13 @@ def prune(**kw: Any) -> None:
         err.print("[yellow]note:[/yellow] %s" % note, highlight=False)
     from ..prune.run import prune_and_recover
     from .progress import step_text
+    from .prune_report import render_prune_report
 
     def show(report) -> None:
         if kw["as_json"]:
             click.echo(json.dumps(report.to_dict(), indent=2))
         else:
-            report.render(console, layers=kw["layers"])
+            render_prune_report(report, console, layers=kw["layers"])
 
     def refuse_unless_allowed(result) -> None:
         # Before recovery: a model that fails its checks must not spend the recovery budget first.

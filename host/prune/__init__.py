@@ -7,7 +7,7 @@ Public API (used by ``edgekit prune`` and ``edgekit build``)::
     result = prune_model(model, example_input, PruneConfig(ratio=0.5, alignment=8), calib_images)
     result.model            # pruned copy, eval mode, float32
     result.report.to_dict() # JSON for the bundle; result.report.write(folder) -> JSON + PNG
-    result.report.render()  # terminal table
+    # edgekit.host.cli.prune_report.render_prune_report(result.report) draws it
     recover(result.model, model, calib_images, steps=300, layout="yolov5")
 
 Modules: graph (dependency graph, fixed layers), groups (importance, applying

@@ -4,7 +4,7 @@ import time
 
 from rich.console import Console
 
-from edgekit.host.deploy.display import LiveDisplay, human_bytes
+from edgekit.host.cli.deploy_display import LiveDisplay, human_bytes
 from edgekit.host.deploy.sync import SyncStats
 from edgekit.host.deploy.targets import Target
 

@@ -100,3 +100,18 @@ def test_no_repeated_module_names():
             seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
     repeated = {k: v for k, v in seen.items() if len(v) > 1}
     assert repeated == {}
+
+
+def test_only_the_cli_draws():
+    """Library code reports through callbacks (edgekit.host.progress); rich is
+    imported only by host/cli (and host/report/table.py, which builds tables
+    for it to print)."""
+    drawing = []
+    for folder in PACKAGES:
+        for path in (ROOT / folder).rglob("*.py"):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel.startswith("host/cli/") or rel == "host/report/table.py":
+                continue
+            if any(t == "rich" or t.startswith("rich.") for t in _imports(path)):
+                drawing.append(rel)
+    assert drawing == []

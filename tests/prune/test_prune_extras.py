@@ -16,6 +16,7 @@ from edgekit.host.prune import (
     recover,
 )
 from edgekit.host.prune.sparsity import is_two_four, two_four_mask
+from edgekit.host.cli.prune_report import render_prune_report
 
 
 def test_unstructured_sparsity_is_reported_as_no_speedup(zoo):
@@ -177,6 +178,6 @@ def test_report_files_and_rendering(zoo, tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(paths["png"]) > 5000
     console = Console(record=True, width=140)
-    result.report.render(console)
+    render_prune_report(result.report, console)
     text = console.export_text()
     assert "all channels aligned to 8" in text and "fuse.0" in text and "parameters" in text

@@ -15,8 +15,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .events import Events
-from .targets import Target
+from edgekit.host.deploy.events import Events
+from edgekit.host.deploy.targets import Target
 
 
 def human_bytes(n: float) -> str:
