@@ -59,6 +59,7 @@ def add_measure_options(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("--iterations", type=_count, metavar="N", help="timed iterations, at least (default: the profile's)")
         p.add_argument("--min-seconds", type=_seconds, metavar="S", help="time for at least S seconds")
         p.add_argument("--stage-images", type=_count, default=20, metavar="N", help="images for the pre/infer/post split in bench (default 20)")
+        p.add_argument("--profile-layers", action="store_true", help="after the timed loop, time each layer with the runtime's profiler (ONNX Runtime)")
     if command in ("eval", "run"):
         p.add_argument("--max-drift", type=_seconds, metavar="F", help="fail a variant whose mAP (or top-1) differs from the host's by more (default: the profile's, 0.01)")
         p.add_argument("--max-images", type=_count, metavar="N", help="evaluate only the first N images (no drift gate then)")

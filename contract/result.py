@@ -46,6 +46,12 @@ A run::
                       passed (null: not gated, e.g. no reference or a subset), note}
     environment      {governor, power_mode, clocks {start, end}, temperature_c: {start, end, zones_end},
                       throttled, throttle_reasons}
+    layers           null, or (bench/run --profile-layers) per-layer time from the runtime's profiler,
+                     taken on a separate session after the timed loop (edgekit.device.layer_profile):
+                     {source "onnxruntime-profiler", runs, run_ms (the runtime's own run span),
+                      nodes_ms (sum of node means), nodes [{name, op_type, provider, mean_ms, share}]
+                      slowest first, by_op_type [{op_type, count, mean_ms, share}]}; node names are
+                     the runtime's optimised graph (fused nodes keep the fused name)
 """
 import datetime
 from typing import Any, Dict, List, Optional
@@ -99,6 +105,7 @@ def new_run(variant: str, precision: str, backend: str, provider: Optional[str] 
         "engine": None,
         "accuracy": None,
         "environment": None,
+        "layers": None,
     }
 
 

@@ -165,6 +165,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         debug=args.debug,
         trt_int8=args.trt_int8,
+        profile_layers=getattr(args, "profile_layers", False),
     )
     progress = Progress(args.progress)
 

@@ -42,6 +42,7 @@ class Options(object):
         timeout: float = 0.0,
         debug: bool = False,
         trt_int8: str = "auto",
+        profile_layers: bool = False,
     ) -> None:
         if command not in COMMANDS:
             raise ValueError("command must be one of %s" % (COMMANDS,))
@@ -61,6 +62,7 @@ class Options(object):
         self.timeout = timeout
         self.debug = debug
         self.trt_int8 = trt_int8
+        self.profile_layers = profile_layers
 
 
 def resolve_settings(options: Options, profile: Dict[str, Any]) -> Dict[str, Any]:
@@ -85,6 +87,7 @@ def resolve_settings(options: Options, profile: Dict[str, Any]) -> Dict[str, Any
         "stage_images": options.stage_images,
         "timeout_s": options.timeout,
         "trt_int8": options.trt_int8,
+        "profile_layers": bool(options.profile_layers),
         "bench_input": None,
     }
 
@@ -293,6 +296,8 @@ def _run_variant(
             _warn(result, progress, "%s: %s" % (name, w))
         if options.command in ("bench", "run"):
             _time_inference(bundle, runner, run, task, settings, progress, result)
+            if options.profile_layers:
+                _profile_layers(bundle, runner, run, task, settings, progress, result)
         if task is not None and task.images:
             _image_pass(bundle, runner, run, task, wants_accuracy, variant, settings, progress, result)
         run["memory"] = {"peak_rss_mb": environment.peak_rss_mb(), "gpu_mb": runner.gpu_memory_mb()}
@@ -345,6 +350,22 @@ def _time_inference(bundle: Any, runner: Any, run: Dict[str, Any], task: Any, se
     run["environment"] = environment.compare(marks.get("start") or end, end, environment.passive_trips_c())
     if run["environment"]["throttled"]:
         _warn(result, progress, "%s: the board throttled during the run (%s); latency is not steady-state" % (name, "; ".join(run["environment"]["throttle_reasons"])))
+
+
+def _profile_layers(bundle: Any, runner: Any, run: Dict[str, Any], task: Any, settings: Dict[str, Any], progress: Progress, result: Dict[str, Any]) -> None:
+    """run["layers"]: where the inference time goes, node by node (after the timed loop, never inside it).
+
+    A backend without a profiler, or a profiler failure, is a warning: the
+    variant's latency and accuracy still count.
+    """
+    from .layer_profile import PROFILE_RUNS, PROFILE_WARMUP
+
+    name = run["variant"]
+    progress.event("phase", variant=name, phase="profile")
+    try:
+        run["layers"] = runner.profile_layers(_bench_input(bundle, task, runner, settings), PROFILE_WARMUP, PROFILE_RUNS)
+    except EdgekitError as exc:
+        _warn(result, progress, "%s: per-layer times not measured: %s" % (name, exc.one_line()))
 
 
 def _image_pass(

@@ -79,6 +79,10 @@ class Runner(object):
     def timed_step(self) -> float:
         raise NotImplementedError
 
+    def profile_layers(self, x: Any, warmup: int, runs: int) -> Dict[str, Any]:
+        """Per-layer time (edgekit.device.layer_profile); backends without a profiler say so."""
+        raise CannotRun("the %s backend has no per-layer profiler in edgekit yet" % self.backend, "rerun with --backend onnxruntime for per-layer times")
+
     def gpu_memory_mb(self) -> Optional[float]:
         return None
 

@@ -81,13 +81,8 @@ class OrtRunner(Runner):
                 "variant %s is the fp32 graph made fp16 by TensorRT's builder; %s would run it in fp32" % (model_file, chosen[0]),
                 "run it with TensorRT (or onnxruntime's TensorrtExecutionProvider)",
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ONNX Runtime logs to stderr, where the agent's JSON progress lines go. Its
-        # errors also arrive as exceptions, which the agent reports: log fatal only.
-        options.log_severity_level = 4
-        if threads and threads > 0:
-            options.intra_op_num_threads = int(threads)
+        self._threads = threads
+        options = self._session_options()
         provider_args = []  # type: List[Any]
         for name in chosen:
             if name == "TensorrtExecutionProvider":
@@ -97,6 +92,8 @@ class OrtRunner(Runner):
                 provider_args.append((name, trt_options))
             else:
                 provider_args.append(name)
+        self._model_path = model_path
+        self._provider_args = provider_args
         started = time.perf_counter()
         try:
             self.session = ort.InferenceSession(model_path, sess_options=options, providers=provider_args)
@@ -124,6 +121,48 @@ class OrtRunner(Runner):
             self.engine = {"build_s": round(load_s, 3), "cache_hit": None, "cache_key": None, "path": engine_cache_dir}
         self._feed = None  # type: Optional[Dict[str, Any]]
         self._run = self.session.run
+
+    def _session_options(self) -> Any:
+        ort = self.ort
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ONNX Runtime logs to stderr, where the agent's JSON progress lines go. Its
+        # errors also arrive as exceptions, which the agent reports: log fatal only.
+        options.log_severity_level = 4
+        if self._threads and self._threads > 0:
+            options.intra_op_num_threads = int(self._threads)
+        return options
+
+    def profile_layers(self, x: Any, warmup: int, runs: int) -> Dict[str, Any]:
+        """Per-node time (edgekit.device.layer_profile) on a second, profiling session.
+
+        A separate session keeps the profiler's cost out of the timed loop; it has
+        the same options and providers, so ONNX Runtime optimises the graph alike.
+        """
+        import os
+        import shutil
+        import tempfile
+
+        from ..layer_profile import read_ort_profile
+
+        tmp = tempfile.mkdtemp(prefix="edgekit-profile-")
+        try:
+            options = self._session_options()
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(tmp, "ort")
+            try:
+                session = self.ort.InferenceSession(self._model_path, sess_options=options, providers=self._provider_args)
+                feed = {self.input_name: self._cast(x)}
+                for _ in range(warmup + runs):
+                    session.run(None, feed)
+                path = session.end_profiling()
+            except MemoryError as exc:
+                raise out_of_memory("profiling %s" % self.model_file, one_line(exc) or "MemoryError")
+            except Exception as exc:
+                raise EdgekitError("ONNX Runtime could not profile %s (%s)" % (self.model_file, one_line(exc)), "rerun without --profile-layers")
+            return read_ort_profile(path, skip_runs=warmup)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _cast(self, x: Any) -> Any:
         if str(x.dtype) != self.input_dtype:
