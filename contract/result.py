@@ -11,7 +11,10 @@ Top level::
     edgekit_version  agent version
     command          "run" | "bench" | "eval"
     started, finished  ISO 8601 UTC
-    ok               true when every requested run succeeded and passed the drift gate
+    ok               true when no run failed, at least one succeeded, every gate passed and
+                     there are no errors; a "skipped" run (a variant this board cannot run
+                     by design, e.g. fp16 without a GPU) does not make it false
+                     (results of edgekit <= 0.1.0 said false for any skipped run)
     device           the agent's `info` (hostname, board, l4t, jetpack, cpu, memory_mb,
                      gpu, runtimes {onnxruntime, tensorrt, cuda}, providers, power_mode, ...)
     bundle           {name, manifest_sha256, path}
@@ -31,8 +34,9 @@ one key, added by edgekit.host.deploy.results.save_result, never by the agent::
 A run::
 
     variant, precision, backend ("tensorrt" | "onnxruntime"), provider
-    status           "ok" | "failed" | "skipped"
-    error            null or one line saying what went wrong and the fix
+    status           "ok" | "failed" | "skipped" (the board cannot run this variant by design:
+                     not a fault, and not counted against ``ok``)
+    error            null or one line saying what went wrong (or why it was skipped) and the fix
     latency_ms       {mean, std, min, p50, p90, p95, p99, max}  (inference only, like trtexec's GPU compute)
     throughput_fps   1000 / mean latency
     stages_ms        {preprocess, inference, postprocess}: each {mean, p50, p99} on real images
@@ -109,12 +113,27 @@ def new_run(variant: str, precision: str, backend: str, provider: Optional[str] 
     }
 
 
+# Why no run counted, when every one was skipped (finish adds it to ``errors``).
+ALL_SKIPPED = "no variant ran here: every one was skipped (each run's error says why)"
+
+
 def finish(result: Dict[str, Any]) -> Dict[str, Any]:
-    """Stamp the end time and decide ``ok``: no errors, every run ok, every gate passed."""
+    """Stamp the end time and decide ``ok``.
+
+    ok: no errors, at least one run ok, none failed, every gate passed. A
+    ``skipped`` run (the board cannot run that variant by design, e.g. fp16
+    without a GPU) does not make the result fail; when every run is skipped
+    nothing was measured, which is an error (``ALL_SKIPPED``).
+    """
     result["finished"] = utc_now()
     runs = result["runs"]
-    result["ok"] = bool(runs) and not result["errors"] and all(
-        r["status"] == "ok" and (r.get("accuracy") is None or r["accuracy"].get("passed", True) is not False) for r in runs
+    if runs and all(r["status"] == "skipped" for r in runs) and ALL_SKIPPED not in result["errors"]:
+        result["errors"].append(ALL_SKIPPED)
+    result["ok"] = (
+        any(r["status"] == "ok" for r in runs)
+        and not result["errors"]
+        and all(r["status"] in ("ok", "skipped") for r in runs)
+        and all(r["status"] != "ok" or r.get("accuracy") is None or r["accuracy"].get("passed", True) is not False for r in runs)
     )
     return result
 
@@ -129,7 +148,13 @@ def validate_result(data: Any, where: str = "result") -> List[str]:
     for key in ("device", "bundle", "runs", "ok"):
         if key not in data:
             problems.append("%s lacks key '%s'" % (where, key))
-    for i, run in enumerate(data.get("runs") or []):
+    runs = data.get("runs")
+    if runs is not None and not isinstance(runs, list):
+        return problems + ["%s: runs is %s, not a list" % (where, type(runs).__name__)]
+    for i, run in enumerate(runs or []):
+        if not isinstance(run, dict):
+            problems.append("%s: runs[%d] is not a JSON object" % (where, i))
+            continue
         for key in ("variant", "precision", "backend", "status"):
             if key not in run:
                 problems.append("%s: runs[%d] lacks '%s'" % (where, i, key))
@@ -189,9 +214,21 @@ class ResultRecord(object):
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "result") -> "ResultRecord":
+    def from_dict(cls, data: Any, where: str = "result", problem: str = "%s", fix: str = "rerun the agent of this edgekit version") -> "ResultRecord":
+        """Validate and wrap; ``problem`` frames the first problem found (``%s``), ``fix`` is the caller's advice."""
         problems = validate_result(data, where)
         if problems:
             more = " (and %d more)" % (len(problems) - 1) if len(problems) > 1 else ""
-            raise EdgekitError("%s%s" % (problems[0], more), "rerun the agent of this edgekit version")
+            raise EdgekitError(problem % (problems[0] + more), fix)
         return cls(data)
+
+    def first_problem(self) -> Optional[str]:
+        """Why this result is not ok, in one line: an error, a failed run, or an accuracy check that failed."""
+        for err in self.errors:
+            return str(err)
+        for run in self.runs:
+            if run.status == "failed":
+                return "%s: %s" % (run.variant, run.error or "failed")
+            if (run.accuracy or {}).get("passed") is False:
+                return "%s: %s" % (run.variant, run.accuracy.get("note") or "accuracy drift beyond the limit")
+        return None

@@ -12,9 +12,20 @@ benchmarks read them. Every event has ``event``; the kinds::
 
 ``done``/``total`` count in ``unit``; ``elapsed`` is seconds since the stage
 started, so a display can show a rate and a time left. ``info`` is a short
-free text (a loss, a layer name). The agent's events on the board are a
-separate, older protocol (edgekit.contract.agent_events) that deploy
-translates for its display.
+free text (a loss, a layer name).
+
+A deploy (edgekit.host.deploy.events) sends the same kinds with a ``target``
+key (the target's name; targets run in parallel threads), and two more::
+
+    {"event": "stage", "stage": "connect" | "preflight" | "sync" | "doctor" | "verify"
+     | "run" | "fetch" | "done" | "failed", "target": "orin-1", "status": "start"
+     | "done" | "failed", "detail": str, "sync": {...}  (with the sync's "done")}
+    {"event": "step", "stage": "sync", "target": ..., "unit": "bytes", ...}
+    {"event": "agent", "target": ..., "agent": {...}}   one event of the board's agent
+    {"event": "log", "target": ..., "line": str}        an agent stderr line
+
+The agent's own events on the board (edgekit.contract.agent_events) travel
+whole inside "agent" events: they are the board's side of the contract.
 """
 import time
 from typing import Any, Callable, Dict, Optional

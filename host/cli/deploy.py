@@ -41,6 +41,7 @@ from edgekit.contract.errors import EdgekitError
 @click.option("--iterations", type=click.IntRange(1), help="Agent timed iterations.")
 @click.option("--max-drift", type=click.FloatRange(0), help="Accuracy gate: largest mAP drift from the host's allowed.")
 @click.option("--max-images", type=click.IntRange(1), help="Evaluate on the first N images only (no drift gate).")
+@click.option("--profile-layers", is_flag=True, help="After each variant's timed loop, time every layer with the runtime's profiler (result key 'layers').")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON on stdout.")
 def deploy(
     targets: Tuple[str, ...],
@@ -69,6 +70,7 @@ def deploy(
     iterations: Optional[int],
     max_drift: Optional[float],
     max_images: Optional[int],
+    profile_layers: bool,
     as_json: bool,
 ) -> None:
     """Deploy a bundle to TARGETS and measure it there.
@@ -112,7 +114,7 @@ def deploy(
         results_dir=results_dir,
         run=not sync_only,
         doctor=not skip_doctor,
-        agent=AgentCall(variants, backend, warmup, iterations, max_drift, max_images),
+        agent=AgentCall(variants, backend, warmup, iterations, max_drift, max_images, profile_layers=profile_layers),
         run_timeout=run_timeout,
     )
     if not bundle_dir:
@@ -122,7 +124,7 @@ def deploy(
         bundle_dir = find_latest_bundle()
         click.echo("using %s (newest under %s/; pass --bundle to choose)" % (bundle_dir, DEFAULT_BUNDLES_DIR), err=True)
     with LiveDisplay() as display:
-        outcomes = run_deploy(resolved, bundle_dir, ssh_options, options, events=display, jobs=jobs, agent=agent_file)
+        outcomes = run_deploy(resolved, bundle_dir, ssh_options, options, progress=display, jobs=jobs, agent=agent_file)
     _summarise(outcomes, as_json)
     failed_setup = [o for o in outcomes if not o.ok and o.result is None]
     failed_runs = [o for o in outcomes if not o.ok and o.result is not None]
@@ -152,7 +154,7 @@ def _summarise(outcomes: List[DeployOutcome], as_json: bool) -> None:
     console = plain if plain.is_terminal else Console(width=220)
     for o in outcomes:
         if o.sync is not None:
-            console.print("%s: sync: %s" % (o.target.name, sync_summary(o.sync)), highlight=False, soft_wrap=True)
+            console.print("%s: sync: %s" % (o.target.name, sync_summary(o.sync.to_dict())), highlight=False, soft_wrap=True)
     loaded = [
         LoadedResult(o.result_path or "", o.target.name, (o.result.get("deploy") or {}).get("bundle", ""), o.result)
         for o in outcomes

@@ -15,8 +15,6 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from edgekit.host.deploy.events import Events
-from edgekit.host.deploy.targets import Target
 
 
 def human_bytes(n: float) -> str:
@@ -27,22 +25,22 @@ def human_bytes(n: float) -> str:
     return "%.1f GB" % n
 
 
-def sync_summary(stats: Any) -> str:
-    """One line about a sync (edgekit.host.deploy.sync.SyncStats)."""
-    text = "%d of %d files sent (%s" % (stats.files_sent, stats.files_total, human_bytes(stats.bytes_sent))
-    if stats.bytes_sent:
-        text += " at %s/s" % human_bytes(stats.throughput)
-    text += "), %d already there" % stats.files_present
-    if stats.files_reused:
-        text += ", %d reused from other bundles" % stats.files_reused
-    if stats.files_resumed:
-        text += ", %d resumed" % stats.files_resumed
-    return text + "; %.2f s" % stats.seconds
+def sync_summary(stats: Dict[str, Any]) -> str:
+    """One line about a sync (edgekit.host.deploy.sync.SyncStats.to_dict())."""
+    text = "%d of %d files sent (%s" % (stats["files_sent"], stats["files_total"], human_bytes(stats["bytes_sent"]))
+    if stats["bytes_sent"] and stats.get("upload_seconds"):
+        text += " at %s/s" % human_bytes(stats["bytes_sent"] / stats["upload_seconds"])
+    text += "), %d already there" % stats["files_present"]
+    if stats.get("files_reused"):
+        text += ", %d reused from other bundles" % stats["files_reused"]
+    if stats.get("files_resumed"):
+        text += ", %d resumed" % stats["files_resumed"]
+    return text + "; %.2f s" % stats["seconds"]
 
 
 class _State(object):
-    def __init__(self, target: Target) -> None:
-        self.target = target
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.stage = "waiting"
         self.detail = ""
         self.total = 0
@@ -65,8 +63,8 @@ def _variant_count(s: _State) -> str:
     return ""
 
 
-class LiveDisplay(Events):
-    """Use as a context manager around the deploy; safe to call from worker threads."""
+class LiveDisplay(object):
+    """The deploy's progress callback. Use as a context manager around the deploy; safe to call from worker threads."""
 
     def __init__(self, console: Optional[Console] = None) -> None:
         self.console = console or Console(stderr=True)
@@ -88,52 +86,57 @@ class LiveDisplay(Events):
             self._live.__exit__(*exc)
             self._live = None
 
-    def _state(self, target: Target) -> _State:
-        state = self._states.get(target.name)
+    def _state(self, name: str) -> _State:
+        state = self._states.get(name)
         if state is None:
-            state = self._states[target.name] = _State(target)
+            state = self._states[name] = _State(name)
         return state
 
-    def _plain(self, target: Target, text: str) -> None:
+    def _plain(self, name: str, text: str) -> None:
         if not self.live_mode:
-            self.console.print(Text("%s: %s" % (target.name, text)), soft_wrap=True, highlight=False)
+            self.console.print(Text("%s: %s" % (name, text)), soft_wrap=True, highlight=False)
 
-    # --- events -----------------------------------------------------------------------
-    def stage(self, target: Target, stage: str, detail: str = "") -> None:
+    # --- events (edgekit.host.progress dicts from edgekit.host.deploy.events) ---------
+    def __call__(self, event: Dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "warning":
+            self.console.print(Text("warning: %s" % event["message"]), soft_wrap=True, highlight=False)
+            return
+        name = event["target"]
+        if kind == "stage":
+            self._stage(name, event)
+        elif kind == "step":
+            with self._lock:
+                state = self._state(name)
+                first = state.total == 0 and state.done == 0 and not state.t_start
+                state.done, state.total = event["done"], event["total"]
+                state.t_start = time.monotonic() - float(event.get("elapsed") or 0.0)
+            if first and event["total"] == 0:
+                self._plain(name, "everything already on the target, nothing to send")
+        elif kind == "agent":
+            self._agent(name, event["agent"])
+        elif kind == "log":
+            self._plain(name, event["line"])
+
+    def _stage(self, name: str, event: Dict[str, Any]) -> None:
+        stage, detail = event["stage"], event.get("detail") or ""
+        if event["status"] == "done" and stage != "done":
+            if event.get("sync") is not None:
+                self._plain(name, "synced: %s" % sync_summary(event["sync"]))
+            return
         with self._lock:
-            state = self._state(target)
+            state = self._state(name)
             state.stage, state.detail = stage, detail
             if stage not in ("run",):
                 state.agent = ""
         # A failure's message is printed once, as the command's closing error line.
-        self._plain(target, stage + (" (%s)" % detail if detail and stage != "failed" else ""))
+        self._plain(name, stage + (" (%s)" % detail if detail and stage != "failed" else ""))
 
-    def transfer_start(self, target: Target, total_bytes: int, files: int) -> None:
-        with self._lock:
-            state = self._state(target)
-            state.total, state.done = total_bytes, 0
-            state.t_start = state.t_last = time.monotonic()
-        if total_bytes == 0:
-            self._plain(target, "everything already on the target, nothing to send")
-
-    def transfer_more(self, target: Target, nbytes: int) -> None:
-        with self._lock:
-            self._state(target).total += nbytes
-
-    def transfer(self, target: Target, nbytes: int) -> None:
-        with self._lock:
-            state = self._state(target)
-            state.done += nbytes
-            state.t_last = time.monotonic()
-
-    def transfer_done(self, target: Target, stats: Any) -> None:
-        self._plain(target, "synced: %s" % sync_summary(stats))
-
-    def agent_event(self, target: Target, event: Dict[str, Any]) -> None:
+    def _agent(self, name: str, event: Dict[str, Any]) -> None:
         kind = event.get("event")
         variant = event.get("variant")
         with self._lock:
-            state = self._state(target)
+            state = self._state(name)
             if kind == "start":
                 state.variants = list(event.get("variants") or [])
             elif kind == "phase":
@@ -151,12 +154,9 @@ class LiveDisplay(Events):
                 bits.append("mAP %.4f" % event["map"])
             if event.get("error"):
                 bits.append(str(event["error"]))
-            self._plain(target, "[%s] %s" % (variant, ", ".join(bits)))
+            self._plain(name, "[%s] %s" % (variant, ", ".join(bits)))
         elif kind == "warning":
-            self._plain(target, "warning: %s" % event.get("message"))
-
-    def log(self, target: Target, line: str) -> None:
-        self._plain(target, line)
+            self._plain(name, "warning: %s" % event.get("message"))
 
     # --- rendering ----------------------------------------------------------------------
     def render(self) -> Any:
@@ -182,5 +182,5 @@ class LiveDisplay(Events):
                 if count:
                     detail = "%s  (%s)" % (detail, count) if detail else count
                 # Text, not markup: "[fp32]" must not be read as a style tag.
-                table.add_row(Text(s.target.name), Text(s.stage, style=style), bar, Text(detail))
+                table.add_row(Text(s.name), Text(s.stage, style=style), bar, Text(detail))
         return Group(table)

@@ -19,8 +19,9 @@ import paramiko
 
 from edgekit.contract.agent_command import AgentCall
 from edgekit.contract.errors import EdgekitError
+from edgekit.contract.result import ResultRecord
 from . import agent as agent_cli
-from .events import Events
+from .events import DeployReporter
 from .helper import RemoteHelper
 from .preflight import check_disk, check_doctor, check_probe
 from .results import DEFAULT_RESULTS_DIR, host_timestamp, save_result, variant_facts
@@ -76,7 +77,7 @@ class DeployOutcome:
 class _Stages(object):
     """Times each stage and tells the display."""
 
-    def __init__(self, outcome: DeployOutcome, events: Events) -> None:
+    def __init__(self, outcome: DeployOutcome, events: DeployReporter) -> None:
         self.outcome = outcome
         self.events = events
         self._t = time.monotonic()
@@ -105,11 +106,11 @@ def deploy_target(
     agent_sha: str,
     ssh_options: SSHOptions,
     options: DeployOptions,
-    events: Optional[Events] = None,
+    events: Optional[DeployReporter] = None,
     cancel: Optional[threading.Event] = None,
 ) -> DeployOutcome:
     """Deploy ``bundle`` to one target and (unless ``options.run`` is off) measure it there."""
-    events = events or Events()
+    events = events or DeployReporter()
     outcome = DeployOutcome(target=target)
     stages = _Stages(outcome, events)
     started = time.monotonic()
@@ -153,15 +154,7 @@ def deploy_target(
 
 
 def _result_problem(result: Dict[str, Any]) -> str:
-    for err in result.get("errors") or []:
-        return str(err)
-    for run in result.get("runs") or []:
-        if run.get("status") == "failed":
-            return "%s: %s" % (run.get("variant"), run.get("error") or "failed")
-        acc = run.get("accuracy") or {}
-        if acc.get("passed") is False:
-            return "%s: %s" % (run.get("variant"), acc.get("note") or "accuracy drift beyond the limit")
-    return "the agent reported a failure"
+    return ResultRecord.from_dict(result, "the agent's result").first_problem() or "the agent reported a failure"
 
 
 def _deploy_record(target: Target, bundle: LocalBundle, python: str, remote_dir: str, outcome: DeployOutcome) -> Dict[str, Any]:
@@ -180,7 +173,7 @@ def _deploy_record(target: Target, bundle: LocalBundle, python: str, remote_dir:
     }
 
 
-def _on_agent_line(target: Target, events: Events, outcome: DeployOutcome):
+def _on_agent_line(target: Target, events: DeployReporter, outcome: DeployOutcome):
     def handle(line: str) -> None:
         event = agent_cli.parse_event(line)
         if event is None:
@@ -194,7 +187,7 @@ def _on_agent_line(target: Target, events: Events, outcome: DeployOutcome):
     return handle
 
 
-def _run_agent(host: Host, argv: List[str], options: DeployOptions, target: Target, events: Events, outcome: DeployOutcome):
+def _run_agent(host: Host, argv: List[str], options: DeployOptions, target: Target, events: DeployReporter, outcome: DeployOutcome):
     # idle_timeout None: the connection's idle limit, the same as every other remote phase
     # (the launcher's heartbeat keeps a live but quiet agent from looking idle).
     idle = None if not host.is_local else 0
@@ -238,7 +231,7 @@ class _Preflight(threading.Thread):
 
     def __init__(self, host: SSHHost, helper: RemoteHelper, python: str, root: str, files: List[LocalFile], fresh: List[LocalFile],
                  early: List[str], remote_agent: str, remote_bundle: str, options: DeployOptions, outcome: DeployOutcome,
-                 events: Events) -> None:
+                 events: DeployReporter) -> None:
         super().__init__(name="preflight-%s" % host.name, daemon=True)
         self.host, self.helper, self.python, self.root = host, helper, python, root
         self.files, self.fresh, self.early = files, fresh, early

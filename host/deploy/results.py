@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import Any, Dict, Optional, Tuple
 
-from edgekit.contract.result import validate_result
+from edgekit.contract.result import ResultRecord
 
 from edgekit.contract.errors import EdgekitError
 from .targets import safe_component
@@ -68,9 +68,7 @@ def variant_facts(manifest: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 
 def save_result(results_dir: str, target_name: str, bundle_name: str, result: Dict[str, Any], deploy: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
     """Write the result with its ``deploy`` record (complete temp file, then an exclusive link); returns (path, record)."""
-    problems = validate_result(result, "the agent's result")
-    if problems:
-        raise EdgekitError("the agent returned a malformed result: %s" % problems[0], "deploy an agent built by this edgekit version")
+    ResultRecord.from_dict(result, "the agent's result", "the agent returned a malformed result: %s", "deploy an agent built by this edgekit version")
     record = dict(result)
     record["deploy"] = deploy
     folder = os.path.join(results_dir, safe_component(target_name), safe_component(bundle_name))

@@ -9,7 +9,9 @@ from edgekit.contract.manifest import MANIFEST_NAME
 
 from edgekit.contract.errors import EdgekitError
 from .agent import build_agent
-from .events import Events
+from edgekit.host.progress import Callback
+
+from .events import DeployReporter
 from .fleet import DEFAULT_JOBS, run_fleet
 from .pipeline import DeployOptions, DeployOutcome, deploy_target
 from .ssh import SSHOptions
@@ -37,7 +39,7 @@ def deploy(
     bundle_dir: Optional[str] = None,
     ssh_options: Optional[SSHOptions] = None,
     options: Optional[DeployOptions] = None,
-    events: Optional[Events] = None,
+    progress: Optional[Callback] = None,
     jobs: int = DEFAULT_JOBS,
     agent: Optional[str] = None,
     cancel: Optional[threading.Event] = None,
@@ -52,7 +54,7 @@ def deploy(
     bundle = load_local_bundle(bundle_dir or find_latest_bundle())
     ssh_options = ssh_options or SSHOptions()
     options = options or DeployOptions()
-    events = events or Events()
+    events = DeployReporter(progress)
     tmp = None
     try:
         if agent is None:

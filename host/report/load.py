@@ -2,9 +2,9 @@
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from edgekit.contract.result import validate_result
+from edgekit.contract.result import ResultRecord
 
 from edgekit.contract.errors import EdgekitError
 
@@ -16,7 +16,8 @@ class LoadedResult:
     path: str
     target: str
     bundle: str
-    data: Dict[str, Any]
+    data: Dict[str, Any]  # the stored JSON, with the host's ``deploy`` record
+    record: Optional[ResultRecord] = dataclasses.field(default=None, compare=False)  # the same, validated and typed
 
     @property
     def when(self) -> str:
@@ -58,11 +59,9 @@ def load_results(paths: Sequence[str], latest_only: bool = True) -> List[LoadedR
                 data = json.load(f)
         except (OSError, ValueError) as exc:
             raise EdgekitError("cannot read result %s (%s)" % (path, exc), "remove the damaged file or pass other results")
-        problems = validate_result(data, path)
-        if problems:
-            raise EdgekitError("%s is not an edgekit result: %s" % (path, problems[0]), "pass files written by edgekit deploy or edgekit-agent --out")
+        record = ResultRecord.from_dict(data, path, path.replace("%", "%%") + " is not an edgekit result: %s", "pass files written by edgekit deploy or edgekit-agent --out")
         target, bundle = _identity(path, data)
-        loaded.append(LoadedResult(path, target, bundle, data))
+        loaded.append(LoadedResult(path, target, bundle, data, record))
     if not loaded:
         raise EdgekitError("no result files found in %s" % ", ".join(paths or [DEFAULT_RESULTS]), "run edgekit deploy first, or pass result files")
     if latest_only:

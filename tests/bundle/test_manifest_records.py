@@ -66,3 +66,23 @@ def test_result_record_validates_and_round_trips():
     run["status"] = "great"
     with pytest.raises(EdgekitError, match="status"):
         ResultRecord.from_dict(result)
+
+
+def test_result_record_names_the_first_problem_in_the_callers_words():
+    from edgekit.contract.result import ResultRecord, finish, new_result, new_run
+
+    result = new_result("run", {"hostname": "b"}, {"name": "demo"}, {})
+    ok, failed = new_run("fp32", "fp32", "onnxruntime"), new_run("int8", "int8", "onnxruntime")
+    ok.update(status="ok", latency_ms={k: 1.0 for k in ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")})
+    ok["accuracy"] = {"passed": False, "note": "mAP fell 12 points"}
+    failed.update(status="failed", error="engine build failed")
+    result["runs"] += [ok, failed]
+    finish(result)
+    record = ResultRecord.from_dict(result)
+    assert record.first_problem() == "fp32: mAP fell 12 points"
+    result["errors"].append("bundle hash mismatch")
+    assert ResultRecord.from_dict(result).first_problem() == "bundle hash mismatch"
+    result["runs"] = "nope"
+    with pytest.raises(EdgekitError) as info:
+        ResultRecord.from_dict(result, "r.json", "r.json is not an edgekit result: %s", "pass files written by edgekit deploy")
+    assert str(info.value.problem).startswith("r.json is not an edgekit result: ") and info.value.fix == "pass files written by edgekit deploy"

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from edgekit.host.deploy.events import RecordingEvents
 from edgekit.host.deploy.pipeline import DeployOptions
 from edgekit.host.deploy.service import deploy
 from edgekit.host.deploy.targets import parse_target
@@ -42,23 +41,26 @@ def test_interrupted_deploy_resumes_and_sends_only_the_rest(sshd, ssh_options, s
     options = DeployOptions(remote_dir=str(tmp_path / "remote"), python=remote_python, run=False, results_dir=str(tmp_path / "results"))
     cancel = threading.Event()
 
-    class CutHalfway(RecordingEvents):
-        sent = 0
+    def cut_halfway(event):
+        if event["event"] == "step" and event["stage"] == "sync" and event["done"] > size // 2:
+            cancel.set()  # what Ctrl-C does in a fleet
 
-        def transfer(self, target, nbytes):
-            self.sent += nbytes
-            if self.sent > size // 2:
-                cancel.set()  # what Ctrl-C does in a fleet
-
-    first = deploy([target], bundle, ssh_options, options, events=CutHalfway(), agent=agent_pyz[0], cancel=cancel)[0]
+    first = deploy([target], bundle, ssh_options, options, progress=cut_halfway, agent=agent_pyz[0], cancel=cancel)[0]
     assert not first.ok and "interrupted" in first.error
-    events = RecordingEvents()
-    second = deploy([target], bundle, ssh_options, options, events=events, agent=agent_pyz[0])[0]
+    events = []
+    second = deploy([target], bundle, ssh_options, options, progress=events.append, agent=agent_pyz[0])[0]
     assert second.ok, second.error
     stats = second.sync
     assert stats.files_resumed == 1
     assert 0 < stats.bytes_sent < size * 0.6  # only what was missing travelled
-    assert sum(c[2] for c in events.calls if c[0] == "transfer") == stats.bytes_sent
+    # The sync's step events count bytes up to what was sent, in the host's progress protocol.
+    steps = [e for e in events if e["event"] == "step"]
+    assert steps and all(e["stage"] == "sync" and e["unit"] == "bytes" and e["target"] == target.name for e in steps)
+    assert steps[-1]["done"] == steps[-1]["total"] == stats.bytes_sent
+    assert [e["done"] for e in steps] == sorted(e["done"] for e in steps)
+    (done,) = [e for e in events if e["event"] == "stage" and e["status"] == "done" and e["stage"] == "sync"]
+    assert done["sync"] == stats.to_dict()
+    assert [e["stage"] for e in events if e["event"] == "stage" and e["status"] != "done"][:2] == ["connect", "preflight"]
     third = deploy([target], bundle, ssh_options, options, agent=agent_pyz[0])[0]
     assert third.ok and third.sync.bytes_sent == 0 and third.sync.files_present == third.sync.files_total
 
