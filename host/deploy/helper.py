@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import edgekit.device
 from edgekit.contract.errors import EdgekitError
-from .shell import Host
+from .shell import CommandTimeout, Host
 
 # The helper runs on the board, so it lives with the device code; it is sent as
 # ``python -c SOURCE`` (stdlib only), before the agent zipapp is there.
@@ -38,6 +38,20 @@ class RemoteHelper(object):
         """Queue a request; the helper answers in order (see :meth:`receive`)."""
         fields["op"] = op
         self.proc.send((json.dumps(fields) + "\n").encode("utf-8"))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Raw bytes after a request that reads them (``receive``), within the idle limit."""
+        try:
+            self.proc.send(data, self.idle_timeout)
+        except CommandTimeout:
+            raise
+        except EdgekitError:
+            raise self._died("the upload") from None  # it ended: say why (no interpreter, too old, ...)
+
+    def abort(self) -> None:
+        """Give the helper up without waiting (after a failed stream: it is out of step)."""
+        self._closed = True
+        self.proc.abort()
 
     def receive(self, op: str) -> Dict[str, Any]:
         """The answer to the oldest request not yet received."""

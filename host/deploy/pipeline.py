@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import paramiko
 
@@ -23,26 +23,11 @@ from edgekit.contract.result import ResultRecord
 from . import agent as agent_cli
 from .events import DeployReporter
 from .helper import RemoteHelper
-from .preflight import check_disk, check_doctor, check_probe
+from .preflight import check_doctor, check_probe
 from .results import DEFAULT_RESULTS_DIR, host_timestamp, save_result, variant_facts
-from .shell import Host, LocalHost, SSHHost, check_cancel
+from .shell import Host, LocalHost, SSHHost
 from .ssh import SSHOptions, connect
-from .sync import (
-    MANIFEST_NAME,
-    LocalBundle,
-    LocalFile,
-    SyncPlan,
-    SyncStats,
-    agent_rel,
-    bundle_rel,
-    deploy_files,
-    fresh_files,
-    make_dirs,
-    plan_sync,
-    resolve_remote_root,
-    upload,
-    verify_uploaded,
-)
+from .sync import MANIFEST_NAME, LocalBundle, Sync, SyncProgress, SyncStats, agent_rel, bundle_rel, deploy_files, make_dirs
 from .targets import Target
 
 DEFAULT_REMOTE_DIR = "~/.edgekit"
@@ -219,145 +204,95 @@ def _deploy_local(host, helper, python, bundle, agent_path, options, outcome, st
             os.remove(out_file)
 
 
-class _Preflight(threading.Thread):
-    """The helper's side of a remote deploy, run while the main thread uploads.
+class _SyncEvents(SyncProgress):
+    """The sync's progress as the deploy's stages and transfer events."""
 
-    probe (interpreter, folder) -> plan of the files not known fresh (hash check,
-    reuse, partial uploads) -> free disk for everything to send -> the early files
-    (agent, manifest) it must send itself -> wait until the main thread's early files
-    are there -> the agent's doctor. The first failure is kept in ``error``; the main
-    thread's upload checks it between blocks and stops.
-    """
+    def __init__(self, target: Target, files: int, stages: _Stages, events: DeployReporter) -> None:
+        self.target, self.files, self.stages, self.events = target, files, stages, events
 
-    def __init__(self, host: SSHHost, helper: RemoteHelper, python: str, root: str, files: List[LocalFile], fresh: List[LocalFile],
-                 early: List[str], remote_agent: str, remote_bundle: str, options: DeployOptions, outcome: DeployOutcome,
-                 events: DeployReporter) -> None:
-        super().__init__(name="preflight-%s" % host.name, daemon=True)
-        self.host, self.helper, self.python, self.root = host, helper, python, root
-        self.files, self.fresh, self.early = files, fresh, early
-        self.remote_agent, self.remote_bundle = remote_agent, remote_bundle
-        self.options, self.outcome, self.events = options, outcome, events
-        self.early_ready = threading.Event()  # set by the main thread once its early files are up
-        self.room_checked = threading.Event()  # set once the free space for the fresh files is known to suffice
-        self.stop = threading.Event()  # set by the main thread when it gives up
-        self.error: Optional[BaseException] = None
-        self.plan: Optional[SyncPlan] = None
-        self.probe: Optional[Dict[str, Any]] = None
+    def planned(self, nbytes: int, files: int) -> None:
+        if files:
+            self.stages.enter("sync", "%d of %d files to send" % (files, self.files))
+        self.events.transfer_start(self.target, nbytes, files)
 
-    def run(self) -> None:
+    def more(self, nbytes: int, files: int) -> None:
+        self.stages.enter("sync", "%d more files to send" % files)
+        self.events.transfer_more(self.target, nbytes)
+
+    def sent(self, nbytes: int) -> None:
+        self.events.transfer(self.target, nbytes)
+
+    def verifying(self) -> None:
+        self.stages.enter("verify")
+
+
+class _RemoteDoctor(object):
+    """The agent's doctor, started by the helper in the background as soon as the
+    agent and manifest are on the board, while the rest of the files travel."""
+
+    def __init__(self, helper: RemoteHelper, argv: List[str], needs: Dict[str, str], timeout: float, target: Target, events: DeployReporter) -> None:
+        self.helper, self.argv, self.needs, self.timeout, self.target, self.events = helper, argv, needs, timeout, target, events
+        self.id: Optional[str] = None
+
+    def start(self) -> Callable[[], None]:
+        """Queue the start (the sync's ``between``); what it returns reads the answer."""
+        self.helper.send("start", argv=self.argv, needs=self.needs)
+        self.events.stage(self.target, "doctor", "while the files travel")
+
+        def started() -> None:
+            self.id = str(self.helper.receive("start")["id"])
+
+        return started
+
+    def finish(self) -> Dict[str, Any]:
+        assert self.id is not None
+        saved = self.helper.idle_timeout
+        self.helper.idle_timeout = None if saved is None else max(saved, self.timeout + 10)
         try:
-            probe = self.probe = self.helper.receive("probe")
-            check_probe(probe, self.host.name, self.python, need_dir=True)
-            # The fresh files wait for this: not one byte goes to a disk that cannot hold them.
-            check_disk(probe, sum(f.size for f in self.fresh), self.host.name)
-            self.room_checked.set()
-            fresh_rels = {f.rel for f in self.fresh}
-            plan = self.plan = plan_sync(self.helper, self.root, [f for f in self.files if f.rel not in fresh_rels])
-            check_disk(probe, sum(f.size for f in self.fresh) + plan.bytes_to_send, self.host.name)
-            own = [r for r in self.early if r not in fresh_rels]
-            if any(f.rel in own for f in plan.missing):
-                # Its own SFTP session: paramiko's client must not be shared by two writing threads.
-                sftp = paramiko.SFTPClient.from_transport(self.host.conn.transport)
-                try:
-                    upload(self.host, plan, only=own, sftp=sftp, on_bytes=self._bytes)
-                finally:
-                    sftp.close()
-            if self.options.doctor:
-                while not self.early_ready.wait(0.2):
-                    if self.stop.is_set():
-                        return
-                if not self.stop.is_set():
-                    self.events.stage(self.outcome.target, "doctor", "while the files travel")
-                check_doctor(self.helper.run(self.options.agent.doctor_argv(self.python, self.remote_agent, self.remote_bundle), self.options.doctor_timeout), self.host.name)
-        except BaseException as exc:  # handed to the main thread
-            self.error = exc
-
-    def _bytes(self, n: int) -> None:
-        if self.stop.is_set():
-            raise EdgekitError("stopped", "")
-        self.events.transfer(self.outcome.target, n)
+            return self.helper.request("wait", id=self.id, timeout=self.timeout)
+        finally:
+            self.helper.idle_timeout = saved
 
 
 def _deploy_remote(host: SSHHost, helper, python, bundle, agent_path, agent_sha, options, outcome, stages, events) -> None:
-    start = time.monotonic()
-    sftp = host.conn.sftp()
-    root = resolve_remote_root(sftp, options.remote_dir)
-    # The helper's login shell is starting on the board; the probe waits in its stdin.
-    helper.send("probe", dir=root)
+    root = _sync_remote(host, helper, python, bundle, agent_path, agent_sha, options, outcome, stages, events)
+    if options.run:
+        _run_remote(host, root, python, bundle, agent_sha, options, outcome, stages, events)
+
+
+def _sync_remote(host: SSHHost, helper: RemoteHelper, python: str, bundle: LocalBundle, agent_path: str, agent_sha: str,
+                 options: DeployOptions, outcome: DeployOutcome, stages: _Stages, events: DeployReporter) -> str:
+    """Probe, plan, upload and verify (sync.Sync), with the doctor running alongside; returns the remote root."""
     files = deploy_files(bundle, agent_path, agent_sha)
-    fresh = fresh_files(sftp, root, files, bundle.manifest_sha256, agent_sha)
+    early = [agent_rel(agent_sha), "%s/%s" % (bundle_rel(bundle.manifest_sha256), MANIFEST_NAME)]
+    sync = Sync(host, helper, options.remote_dir, files, early=early, progress=_SyncEvents(outcome.target, len(files), stages, events))
+    doctor: Optional[_RemoteDoctor] = None
+
+    def start_doctor() -> Callable[[], None]:
+        # Its paths are known once the board has expanded --remote-dir, so it is built here.
+        nonlocal doctor
+        remote_agent, remote_bundle = posixpath.join(sync.root, agent_rel(agent_sha)), posixpath.join(sync.root, bundle_rel(bundle.manifest_sha256))
+        argv = options.agent.doctor_argv(python, remote_agent, remote_bundle)
+        # The helper starts it at once when agent and manifest are in place, else once the upload is done.
+        needs = {remote_agent: agent_sha, posixpath.join(remote_bundle, MANIFEST_NAME): bundle.manifest_sha256}
+        doctor = _RemoteDoctor(helper, argv, needs, options.doctor_timeout, outcome.target, events)
+        return doctor.start()
+
+    outcome.sync = sync.run(start_doctor if options.doctor else None)
+    events.transfer_done(outcome.target, outcome.sync)
+    if doctor is not None:
+        stages.enter("doctor")
+        check_doctor(doctor.finish(), host.name)
+    return sync.root
+
+
+def _run_remote(host: SSHHost, root: str, python: str, bundle: LocalBundle, agent_sha: str, options: DeployOptions, outcome: DeployOutcome,
+                stages: _Stages, events: DeployReporter) -> None:
+    """Run the agent on the board, fetch its result over SFTP and store it."""
+    stages.enter("run")
+    sftp = host.conn.sftp()
     remote_agent = posixpath.join(root, agent_rel(agent_sha))
     remote_bundle = posixpath.join(root, bundle_rel(bundle.manifest_sha256))
-    early = [agent_rel(agent_sha), "%s/%s" % (bundle_rel(bundle.manifest_sha256), MANIFEST_NAME)]
-    pre = _Preflight(host, helper, python, root, files, fresh, early, remote_agent, remote_bundle, options, outcome, events)
-    pre.start()
-    clock = _Stopwatch()
-    try:
-        if fresh:
-            # Files the board certainly lacks travel at once, while the helper starts,
-            # plans the rest and runs the doctor; a preflight failure stops them.
-            stages.enter("sync", "%d new files" % len(fresh))
-            events.transfer_start(outcome.target, sum(f.size for f in fresh), len(fresh))
-            fresh_plan = SyncPlan(root=root, files=fresh, have=[], reused=[], missing=sorted(fresh, key=lambda f: (f.rel not in early, f.size)), resume_at={})
-            make_dirs(sftp, root, [f.rel for f in fresh])
-
-            def on_bytes(n: int) -> None:
-                if pre.error is not None:
-                    raise pre.error
-                events.transfer(outcome.target, n)
-
-            while not pre.room_checked.wait(0.05):
-                if pre.error is not None or not pre.is_alive():
-                    break
-                check_cancel(host.cancel, host.name)
-            if pre.error is not None:
-                raise pre.error
-            with clock:
-                upload(host, fresh_plan, only=early, on_bytes=on_bytes)
-            pre.early_ready.set()
-            with clock:
-                upload(host, fresh_plan, on_bytes=on_bytes)
-        else:
-            pre.early_ready.set()
-        while pre.is_alive():
-            pre.join(0.2)
-            check_cancel(host.cancel, host.name)
-    except BaseException:
-        pre.stop.set()
-        raise
-    if pre.error is not None:
-        raise pre.error
-    plan = pre.plan
-    assert plan is not None
-    rest_total = plan.bytes_to_send
-    if any(f.rel not in plan.sent for f in plan.missing):
-        stages.enter("sync", "%d of %d files to send" % (len(plan.missing) - len(plan.sent), len(files)))
-        if not fresh:
-            events.transfer_start(outcome.target, rest_total, len(plan.missing))
-        else:
-            events.transfer_more(outcome.target, rest_total - sum(f.size for f in plan.missing if f.rel in plan.sent))
-        with clock:
-            upload(host, plan, on_bytes=lambda n: events.transfer(outcome.target, n))
-    elif not fresh:
-        events.transfer_start(outcome.target, 0, 0)
-    stages.enter("verify")
-    sent = [f.rel for f in fresh] + list(plan.sent)
-    verify_uploaded(helper, SyncPlan(root=root, files=files, have=[], reused=[], missing=[], resume_at={}), sent)
-    outcome.sync = SyncStats(
-        files_total=len(files),
-        files_present=len(plan.have),
-        files_reused=len(plan.reused),
-        files_sent=len(sent),
-        files_resumed=sum(1 for rel in plan.sent if rel in plan.resumed),
-        bytes_total=sum(f.size for f in files),
-        bytes_sent=sum(f.size for f in fresh) + rest_total,
-        seconds=time.monotonic() - start,
-        upload_seconds=clock.seconds,
-    )
-    events.transfer_done(outcome.target, outcome.sync)
-    if not options.run:
-        return
-    stages.enter("run")
     out_file = posixpath.join(root, "results", "%s-%s.json" % (host_timestamp(), uuid.uuid4().hex[:8]))
     make_dirs(sftp, root, ["results/x"])
     argv = options.agent.run_argv(python, remote_agent, remote_bundle, out_file, posixpath.join(root, "engines"))
@@ -373,20 +308,6 @@ def _deploy_remote(host: SSHHost, helper, python, bundle, agent_path, agent_sha,
         sftp.remove(out_file)
     except IOError:
         pass  # the host has it; a leftover on the board is harmless
-
-
-class _Stopwatch(object):
-    """Adds up the time spent inside ``with`` blocks (the sync, without the doctor)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def __enter__(self) -> "_Stopwatch":
-        self._t = time.monotonic()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.seconds += time.monotonic() - self._t
 
 
 def _store(result: Dict[str, Any], outcome: DeployOutcome, bundle: LocalBundle, python: str, remote_dir: str, options: DeployOptions) -> None:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from edgekit.contract.errors import EdgekitError
 from .ssh import Connection
@@ -79,6 +79,21 @@ def heartbeat_s(idle: Optional[float]) -> float:
     """The launcher's heartbeat: a third of the idle limit (at most 2 s), so that a
     live command never looks idle and a stopped one is caught within ~1x the limit."""
     return min(2.0, idle / 3.0) if idle else 2.0
+
+
+def _launcher_filter(on_stderr_line: Optional[LineHandler], pgid: List[int]) -> LineHandler:
+    """The launcher's own stderr lines: its process group id goes into ``pgid``,
+    heartbeats only reset the idle clock; every other line is the command's."""
+
+    def on_line(line: str) -> None:
+        if not pgid and line.startswith('{"event": "launched"'):
+            pgid.append(int(line.split(":")[-1].strip(" }")))
+        elif line == HEARTBEAT:
+            pass
+        elif on_stderr_line is not None:
+            on_stderr_line(line)
+
+    return on_line
 
 
 def quote_command(argv: Sequence[str]) -> str:
@@ -182,8 +197,12 @@ class Process(object):
 
     name = ""
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, idle: Optional[float] = None) -> None:
+        """Write to its stdin; ``idle``: give up after that long without progress (SSH)."""
         raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the command without waiting: it sees its stdin end."""
 
     def readline(self, timeout: Optional[float]) -> bytes:
         """One line of stdout (b"" once it closed); CommandTimeout after ``timeout`` s of silence."""
@@ -194,6 +213,34 @@ class Process(object):
         raise NotImplementedError
 
 
+class _SendWatchdog(threading.Thread):
+    """Closes ``transport`` when one send has been stuck for ``limit`` seconds."""
+
+    def __init__(self, transport: Any, limit: float) -> None:
+        super().__init__(name="send-watchdog", daemon=True)
+        self.transport, self.limit = transport, limit
+        self.deadline: Optional[float] = None
+        self.fired = False
+        self._done = threading.Event()
+
+    def arm(self) -> None:
+        self.deadline = time.monotonic() + self.limit
+
+    def disarm(self) -> None:
+        self.deadline = None
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def run(self) -> None:
+        while not self._done.wait(0.1):
+            deadline = self.deadline
+            if deadline is not None and time.monotonic() > deadline:
+                self.fired = True
+                self.transport.close()  # paramiko's stuck socket write then ends with EOFError
+                return
+
+
 class _SSHProcess(Process):
     def __init__(self, host: "SSHHost", argv: Sequence[str]) -> None:
         self.name = host.name
@@ -202,12 +249,64 @@ class _SSHProcess(Process):
         self.chan.exec_command(quote_command(argv))
         self._out = self.chan.makefile("rb")
         self._err = bytearray()
+        self._watchdog: Optional[_SendWatchdog] = None
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, idle: Optional[float] = None) -> None:
+        """Send all of ``data``; with ``idle``, CommandTimeout once the board has taken
+        no byte for ``idle`` seconds (the clock restarts with every byte it takes).
+
+        The channel's timeout covers waiting for the board's SSH window, the usual
+        stall. Should the TCP buffer fill first (paramiko then retries its socket write
+        without a limit), a watchdog closes the connection at 1.25x the limit."""
+        view = memoryview(data)
+        watchdog = self._watchdog_for(idle)
         try:
-            self.chan.sendall(data)
+            while view:
+                self.chan.settimeout(idle)
+                if watchdog is not None:
+                    watchdog.arm()
+                n = self.chan.send(view)
+                if n == 0:  # paramiko's answer once the channel is closed
+                    raise EOFError("the session closed")
+                view = view[n:]
+        except socket.timeout:
+            raise self._silent(idle) from None
         except (socket.error, OSError, EOFError) as exc:
+            if watchdog is not None and watchdog.fired:
+                raise self._silent(idle) from None
             raise EdgekitError("lost the session to %s (%s)" % (self.name, exc or type(exc).__name__), "check the connection and retry")
+        finally:
+            if watchdog is not None:
+                watchdog.disarm()
+
+    def _silent(self, idle: Optional[float]) -> CommandTimeout:
+        return CommandTimeout(
+            "%s went silent for %gs on %s (it takes no more data)" % (self.argv[0], idle or 0, self.name),
+            "check the board (overloaded, hung, disk stalled?) and rerun: the upload resumes where it stopped",
+        )
+
+    def _watchdog_for(self, idle: Optional[float]) -> "Optional[_SendWatchdog]":
+        if not idle:
+            return None
+        if self._watchdog is None or self._watchdog.limit != 1.25 * idle:
+            if self._watchdog is not None:
+                self._watchdog.stop()
+            self._watchdog = _SendWatchdog(self.chan.get_transport(), 1.25 * idle)
+            self._watchdog.start()
+        return self._watchdog
+
+    def abort(self) -> None:
+        """Give the command up without waiting for it (it sees its stdin end)."""
+        self._stop_watchdog()
+        try:
+            self.chan.close()
+        except Exception:  # a dead connection: nothing to close
+            pass
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
 
     def readline(self, timeout: Optional[float]) -> bytes:
         self.chan.settimeout(timeout)
@@ -217,6 +316,7 @@ class _SSHProcess(Process):
             raise CommandTimeout("%s went silent for %gs on %s" % (self.argv[0], timeout, self.name), "check the board (overloaded or hung?) and retry")
 
     def finish(self) -> "Tuple[int, str]":
+        self._stop_watchdog()
         try:
             self.chan.shutdown_write()
         except (socket.error, OSError, EOFError):
@@ -242,7 +342,14 @@ class _LocalProcess(Process):
         self.argv = list(argv)
         self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
-    def send(self, data: bytes) -> None:
+    def abort(self) -> None:
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+
+    def send(self, data: bytes, idle: Optional[float] = None) -> None:
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(data)
@@ -284,15 +391,8 @@ class SSHHost(Host):
     def run(self, argv, input=None, timeout=None, idle_timeout=None, on_stderr_line=None, stoppable=False):  # type: ignore[override]
         idle = self.conn.options.idle_timeout if idle_timeout is None else idle_timeout
         command = quote_command([argv[0], "-c", LAUNCHER, "%g" % heartbeat_s(idle)] + list(argv) if stoppable else argv)
-        pgid = []
-
-        def on_line(line: str) -> None:
-            if stoppable and not pgid and line.startswith('{"event": "launched"'):
-                pgid.append(int(line.split(":")[-1].strip(" }")))
-            elif stoppable and line == HEARTBEAT:
-                pass  # it only resets the idle clock
-            elif on_stderr_line is not None:
-                on_stderr_line(line)
+        pgid: List[int] = []
+        on_line = _launcher_filter(on_stderr_line, pgid) if stoppable else on_stderr_line
 
         try:
             chan = self.conn.transport.open_session(timeout=self.conn.options.connect_timeout)
@@ -389,10 +489,15 @@ class LocalHost(Host):
 
     def run(self, argv, input=None, timeout=None, idle_timeout=None, on_stderr_line=None, stoppable=False):  # type: ignore[override]
         # Every local command gets its own session, so stopping it reaches its children too.
+        # A stoppable one runs under the same launcher as on a board, its stdin a pipe
+        # from this process held open for the whole run: if this process dies (kill -9,
+        # a closed terminal), the kernel closes the pipe and the launcher stops the agent.
+        watched = stoppable and input is None
+        command = [argv[0], "-c", LAUNCHER, "%g" % heartbeat_s(idle_timeout)] + list(argv) if watched else list(argv)
         try:
             proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                command,
+                stdin=subprocess.PIPE if input is not None or watched else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
@@ -408,7 +513,7 @@ class LocalHost(Host):
             proc.stdin.close()
         assert proc.stdout is not None and proc.stderr is not None
         out = bytearray()
-        err = _LineSplitter(on_stderr_line)
+        err = _LineSplitter(_launcher_filter(on_stderr_line, []) if watched else on_stderr_line)
         streams = {proc.stdout.fileno(): "out", proc.stderr.fileno(): "err"}
         start = last = time.monotonic()
         try:
@@ -437,6 +542,8 @@ class LocalHost(Host):
         finally:
             proc.stdout.close()
             proc.stderr.close()
+            if watched and proc.stdin is not None:
+                proc.stdin.close()
         return CommandResult(argv, rc, bytes(out), err.text())
 
     def spawn(self, argv: Sequence[str]) -> Process:

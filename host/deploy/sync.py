@@ -7,37 +7,42 @@ Remote layout under the resolved ``--remote-dir`` (default ``~/.edgekit``)::
     engines/     TensorRT engine cache (the agent's)
     results/     result files the agent writes, fetched by the host
 
-Only files the target lacks, or holds with another sha256, are sent. A file whose
-content already sits in another bundle on the target is hard-linked from there.
-Each upload goes to ``.NAME.SHA16.WRITER.partial`` (one name per deploy, so two
-deploys of one bundle never touch each other's file), is size-checked and renamed
-when complete; an interrupted upload resumes from the partial file's end when its
-bytes match the local file's prefix. After the upload the target hashes what it received.
+One path, :class:`Sync`, for the deploy pipeline and the tests alike: the
+board-side helper (device/remote_helper.py) is asked, in one pipelined exchange,
+for the interpreter and free space (``probe``) and for what it already has
+(``plan``: hash-checked; content another bundle there holds is hard-linked from
+it; partial uploads are reported). Files that certainly are new (their
+content-addressed folder does not exist yet, asked over SFTP, which starts no
+shell) go first, while the helper is still starting; the board checks the room
+for them before writing. Free space is checked before the first byte. Every
+missing file travels in ONE stream over the helper's own SSH channel
+(``receive``: a table of contents, then the files' bytes back to back; no
+per-file round trip, so 250 small images cost what one large file of their size
+does). On the board each file goes to ``.NAME.SHA16.WRITER.partial`` (one name
+per deploy, so two deploys of one bundle never touch each other's file), is
+hashed as it arrives and takes its final name only when its sha256 matches; a
+cut stream leaves the partial file, and the next plan resumes from its end when
+its bytes match the local file's prefix. The stream has one idle limit: the
+board taking no byte for ``idle_timeout`` seconds stops it.
 """
-import collections
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import posixpath
-import socket
 import time
 import uuid
-from typing import Callable, Deque, Dict, List, Optional, Sequence
-
-import paramiko
-from paramiko.sftp import CMD_WRITE, int64
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from edgekit.contract.manifest import MANIFEST_NAME, read_manifest, sha256_file
 
 from edgekit.contract.errors import EdgekitError
 from .helper import RemoteHelper
-from .shell import SSHHost, check_cancel
+from .preflight import DISK_MARGIN_BYTES, check_disk, check_probe
+from .shell import Host, SSHHost, check_cancel
 
 CHUNK = 1 << 20
-WRITE_SIZE = 128 * 1024
-MAX_INFLIGHT = 64
+STREAM_BATCH = 256 * 1024  # bytes handed to the channel at once: small files travel together
 AGENT_NAME = "edgekit-agent.pyz"
 ByteCallback = Callable[[int], None]
 
@@ -175,17 +180,11 @@ def _prefix_sha256(path: str, length: int) -> str:
     return digest.hexdigest()
 
 
-def plan_sync(helper: RemoteHelper, root: str, files: Sequence[LocalFile], writer: Optional[str] = None) -> SyncPlan:
-    """Ask the target what it already has (hashing it there).
+def _plan_request(root: str, files: Sequence[LocalFile], writer: str, stale_s: float) -> Dict[str, Any]:
+    return {"root": root, "files": {f.rel: [f.sha256, f.size] for f in files}, "pool": posixpath.join(root, "bundles"), "writer": writer, "stale_s": stale_s}
 
-    Partial uploads are reported as this ``writer``'s own file (the helper copies a
-    longer one another writer left); partials nobody wrote for the idle limit are
-    a dead deploy's and are removed.
-    """
-    writer = writer or new_writer()
-    stale = helper.idle_timeout or 600.0
-    answer = helper.request("plan", root=root, files={f.rel: [f.sha256, f.size] for f in files}, pool=posixpath.join(root, "bundles"),
-                            writer=writer, stale_s=stale)
+
+def _read_plan(answer: Dict[str, Any], root: str, files: Sequence[LocalFile], writer: str) -> SyncPlan:
     by_rel = {f.rel: f for f in files}
     resume_at = {}
     for rel, (size, sha) in (answer.get("partial") or {}).items():
@@ -205,135 +204,210 @@ def plan_sync(helper: RemoteHelper, root: str, files: Sequence[LocalFile], write
     )
 
 
-def _sftp_error(exc: BaseException, what: str, host: SSHHost) -> EdgekitError:
-    if isinstance(exc, EdgekitError):
-        return exc
-    if isinstance(exc, socket.timeout):
-        return EdgekitError("%s went silent while %s" % (host.name, what), "check the board's network and rerun: the upload resumes where it stopped")
-    if isinstance(exc, IOError) and getattr(exc, "errno", None) is not None:
-        return EdgekitError("%s failed on %s (%s)" % (what, host.name, os.strerror(exc.errno)), "check free space and permissions under --remote-dir")
-    return EdgekitError("%s failed on %s (%s)" % (what, host.name, exc or type(exc).__name__), "rerun: the upload resumes where it stopped")
+class SyncProgress(object):
+    """What a sync tells its caller (the deploy pipeline turns it into DeployReporter events)."""
+
+    def planned(self, nbytes: int, files: int) -> None:
+        """The upload starts: ``files`` files, ``nbytes`` bytes (the fresh ones when the
+        board's plan is not known yet, else all that is missing)."""
+
+    def more(self, nbytes: int, files: int) -> None:
+        """The board's plan added ``files`` files, ``nbytes`` bytes to the fresh ones."""
+
+    def sent(self, nbytes: int) -> None:
+        """``nbytes`` more were handed to the connection (may raise to stop the upload)."""
+
+    def verifying(self) -> None:
+        """Everything is sent; the board is finishing its per-file sha256 checks."""
 
 
-def _pipelined_write(sftp: paramiko.SFTPClient, handle: bytes, src: "io.BufferedReader", offset: int, on_bytes: Optional[ByteCallback]) -> None:
-    """Stream ``src`` into an open remote file with many writes in flight.
+class _BytesCallback(SyncProgress):
+    def __init__(self, on_bytes: Optional[ByteCallback]) -> None:
+        self.on_bytes = on_bytes
 
-    paramiko's own pipelining waits for every outstanding acknowledgement once
-    100 are queued, which empties the pipe each time; here at most MAX_INFLIGHT
-    requests are outstanding and each acknowledgement is collected in order
-    (an error status raises IOError), so the link stays full. Requests of 128 KiB
-    stay well inside OpenSSH's 256 KiB SFTP message limit.
+    def sent(self, nbytes: int) -> None:
+        if self.on_bytes is not None:
+            self.on_bytes(nbytes)
+
+
+# Called between the early files and the rest; returns what reads its answers (or None).
+Between = Callable[[], Optional[Callable[[], None]]]
+
+
+class Sync(object):
+    """Plan, upload and verify ``files`` under ``remote_dir`` on the helper's board.
+
+    ``remote_dir`` may start with ``~`` (expanded on the board); after :meth:`run`,
+    ``root`` is the absolute folder and ``probe`` the board's answer about it.
+    ``early``: rels sent first (the agent and manifest: what the doctor needs);
+    ``run(between)`` calls ``between`` once they are queued, so it can queue its own
+    helper requests (the doctor) to run while the rest travels.
     """
-    pending: Deque[int] = collections.deque()
-    while True:
-        block = src.read(CHUNK)
-        if not block:
-            break
-        view = memoryview(block)
-        for start in range(0, len(block), WRITE_SIZE):
-            piece = bytes(view[start : start + WRITE_SIZE])
-            pending.append(sftp._async_request(type(None), CMD_WRITE, handle, int64(offset), piece))
-            offset += len(piece)
-            while len(pending) > MAX_INFLIGHT or (pending and sftp.sock.recv_ready()):
-                sftp._read_response(pending.popleft())
-        if on_bytes is not None:
-            on_bytes(len(block))
-    while pending:
-        sftp._read_response(pending.popleft())
 
+    def __init__(self, host: Host, helper: RemoteHelper, remote_dir: str, files: Sequence[LocalFile], early: Sequence[str] = (),
+                 progress: Optional[SyncProgress] = None, writer: Optional[str] = None) -> None:
+        if remote_dir.startswith("~") and remote_dir != "~" and not remote_dir.startswith("~/"):
+            raise EdgekitError("--remote-dir %r: ~user paths are not supported" % remote_dir, "write the absolute path")
+        self.host, self.helper, self.remote_dir = host, helper, remote_dir
+        self.files = list(files)
+        self.early = set(early)
+        self.progress = progress or SyncProgress()
+        self.writer = writer or new_writer()
+        self.root = ""
+        self.probe: Dict[str, Any] = {}
+        self.plan: Optional[SyncPlan] = None
 
-def _size_of(sftp: paramiko.SFTPClient, path: str) -> Optional[int]:
-    try:
-        return sftp.stat(path).st_size
-    except IOError:
-        return None
-
-
-def _commit(sftp: paramiko.SFTPClient, tmp: str, remote: str, f: LocalFile, host: SSHHost) -> None:
-    """Give this writer's complete partial file its final name.
-
-    The content is checked first (its size; the helper hashes every sent file
-    before the agent runs), so a short file never takes the name. A concurrent
-    deploy's rename may land first: the same content, so replacing it is harmless,
-    and when our partial was cleaned away a final file already in place is success.
-    """
-    got = _size_of(sftp, tmp)
-    if got is None and _size_of(sftp, remote) == f.size:
-        return
-    if got != f.size:
-        raise EdgekitError("uploading %s to %s left %s bytes, expected %d" % (f.rel, host.name, got, f.size), "rerun: the upload resumes where it stopped")
-    try:
-        sftp.posix_rename(tmp, remote)
-    except IOError:
-        if _size_of(sftp, remote) != f.size:
-            raise
-
-
-def upload(
-    host: SSHHost,
-    plan: SyncPlan,
-    only: Optional[Sequence[str]] = None,
-    on_bytes: Optional[ByteCallback] = None,
-    sftp: Optional[paramiko.SFTPClient] = None,
-) -> List[str]:
-    """Send the plan's missing files (those in ``only`` when given); returns the rels sent.
-
-    ``on_bytes`` may raise to stop the upload (the partial file stays for resuming).
-    ``sftp``: a client of this thread's own; paramiko's SFTP client must not be
-    shared by threads that write at the same time.
-    """
-    sftp = sftp or host.conn.sftp()
-    sent = []
-
-    def progress(n: int) -> None:
-        check_cancel(host.cancel, host.name)  # Ctrl-C stops between blocks; the partial file stays for resuming
-        if on_bytes is not None:
-            on_bytes(n)
-
-    for f in plan.missing:
-        if f.rel in plan.sent or (only is not None and f.rel not in only):
-            continue
-        remote = posixpath.join(plan.root, f.rel)
-        tmp = partial_name(remote, f.sha256, plan.writer)
-        offset = plan.resume_at.get(f.rel, 0)
-        what = "uploading %s" % f.rel
+    def run(self, between: Optional[Between] = None) -> SyncStats:
+        start = time.monotonic()
+        fresh, others = self._queue_requests()
+        fresh_plan = SyncPlan(root=self.root, files=fresh, have=[], reused=[], missing=fresh, resume_at={}, writer=self.writer)
+        self._first_byte: Optional[float] = None
+        answers: List[Callable[[], None]] = []  # readers of the answers still due, in order
+        started: List[bool] = []  # whether ``between`` has been called
         try:
+            if fresh:
+                self.progress.planned(fresh_plan.bytes_to_send, len(fresh))
+                # The board checks the room for them itself, before writing the first byte.
+                self._segments(fresh_plan, fresh, between, started, answers, need_free=fresh_plan.bytes_to_send + DISK_MARGIN_BYTES)
+            plan = self.plan = self._read_plan(others, fresh_plan.bytes_to_send)
+            if not fresh:
+                self.progress.planned(plan.bytes_to_send, len(plan.missing))
+            elif plan.missing:
+                self.progress.more(plan.bytes_to_send, len(plan.missing))
+            to_send = fresh_plan.bytes_to_send + plan.bytes_to_send
+            self._segments(plan, plan.missing, between, started, answers)
+            if between is not None and not started:
+                collect = between()
+                if collect is not None:
+                    answers.append(collect)
+            self.progress.verifying()
+            for read in answers:
+                read()
+        except BaseException:
+            # Out of step with the stream (or stopped by the user): the board keeps
+            # what arrived as partial files; the helper is not asked anything more.
+            self.helper.abort()
+            raise
+        sent = fresh_plan.sent + plan.sent
+        return SyncStats(
+            files_total=len(self.files),
+            files_present=len(plan.have),
+            files_reused=len(plan.reused),
+            files_sent=len(sent),
+            files_resumed=sum(1 for rel in plan.sent if rel in plan.resumed),
+            bytes_total=sum(f.size for f in self.files),
+            bytes_sent=to_send,
+            seconds=time.monotonic() - start,
+            upload_seconds=time.monotonic() - self._first_byte if self._first_byte is not None else 0.0,
+        )
+
+    def _queue_requests(self) -> Tuple[List[LocalFile], List[LocalFile]]:
+        """Find the remote folder and the fresh files over SFTP (no shell), and queue
+        the probe and the plan of the others: (fresh, others)."""
+        sftp = self.host.conn.sftp() if isinstance(self.host, SSHHost) else None
+        self.root = resolve_remote_root(sftp, self.remote_dir) if sftp is not None else self.remote_dir  # until the probe confirms it
+        fresh = fresh_files(sftp, self.root, self.files) if sftp is not None else []
+        fresh_rels = {f.rel for f in fresh}
+        others = [f for f in self.files if f.rel not in fresh_rels]
+        # Queued at once: the helper's start on the board (a login shell) is paid once,
+        # and the fresh files travel while it starts.
+        self.helper.send("probe", dir=self.root)
+        self.helper.send("plan", **_plan_request(self.root, others, self.writer, self.helper.idle_timeout or 600.0))
+        return fresh, others
+
+    def _read_plan(self, others: Sequence[LocalFile], fresh_bytes: int) -> SyncPlan:
+        """The probe's and the plan's answers, checked: interpreter, folder, room for everything."""
+        self.probe = self.helper.receive("probe")
+        check_probe(self.probe, self.host.name, self.helper.python, need_dir=True)
+        self.root = str(self.probe["dir"])
+        plan = _read_plan(self.helper.receive("plan"), self.root, others, self.writer)
+        # Not one byte goes to a disk that cannot hold them.
+        check_disk(self.probe, fresh_bytes + plan.bytes_to_send, self.host.name)
+        return plan
+
+    def _segments(self, plan: SyncPlan, files: Sequence[LocalFile], between: Optional[Between], started: List[bool],
+                  answers: List[Callable[[], None]], need_free: int = 0) -> None:
+        """Stream ``files``: the early ones first, then ``between`` (once per sync), then the rest."""
+        first = [f for f in files if f.rel in self.early]
+        rest = [f for f in files if f.rel not in self.early]
+        if first:
+            self._stream(plan, first, need_free)
+            answers.append(lambda files=first, need=need_free: self._received(plan, files, need))
+            # The rest checks again for what it still needs: when the first was refused, so is it.
+            need_free = max(0, need_free - sum(f.size - plan.resume_at.get(f.rel, 0) for f in first)) if need_free else 0
+        if first and between is not None and not started:
+            started.append(True)
+            collect = between()
+            if collect is not None:
+                answers.append(collect)
+        if rest:
+            self._stream(plan, rest, need_free)
+            answers.append(lambda files=rest, need=need_free: self._received(plan, files, need))
+
+    def _stream(self, plan: SyncPlan, files: Sequence[LocalFile], need_free: int = 0) -> None:
+        """One ``receive`` request and the bytes of ``files`` after it, batched."""
+        members = [[f.rel, f.sha256, f.size, plan.resume_at.get(f.rel, 0)] for f in files]
+        self.helper.send("receive", root=plan.root, writer=plan.writer, files=members, need_free=need_free)
+        batch = bytearray()
+        for f, (_rel, _sha, size, offset) in zip(files, members):
             with open(f.path, "rb") as src:
-                with sftp.open(tmp, "r+" if offset else "w") as dst:
-                    if offset:
-                        src.seek(offset)
-                        dst.truncate(offset)  # a partial longer than we trust must not keep its tail
-                    _pipelined_write(sftp, dst.handle, src, offset, progress)
-            _commit(sftp, tmp, remote, f, host)
-        except (IOError, OSError, EOFError, paramiko.SSHException) as exc:
-            raise _sftp_error(exc, what, host) from None
-        plan.resume_at.pop(f.rel, None)
-        plan.sent.append(f.rel)
-        sent.append(f.rel)
-    return sent
+                src.seek(offset)
+                left = size - offset
+                while left > 0:
+                    block = src.read(min(CHUNK, left))
+                    if not block:
+                        raise EdgekitError("%s shrank while it was being deployed" % f.path, "rerun the deploy once the bundle is complete")
+                    left -= len(block)
+                    if not batch and len(block) >= STREAM_BATCH:
+                        self._send(block)
+                        continue
+                    batch += block
+                    if len(batch) >= STREAM_BATCH:
+                        self._send(bytes(batch))
+                        batch.clear()
+        if batch:
+            self._send(bytes(batch))
+
+    def _send(self, data: bytes) -> None:
+        check_cancel(self.host.cancel, self.host.name)  # Ctrl-C stops between batches; the partial files stay for resuming
+        if self._first_byte is None:
+            self._first_byte = time.monotonic()
+        self.helper.send_bytes(data)
+        self.progress.sent(len(data))
+
+    def _received(self, plan: SyncPlan, files: Sequence[LocalFile], need_free: int = 0) -> None:
+        answer = self.helper.receive("receive")
+        if answer.get("no_room"):
+            check_disk(answer["no_room"], need_free - DISK_MARGIN_BYTES, self.host.name)
+        ok = set(answer.get("ok") or [])
+        for f in files:
+            if f.rel in ok:
+                plan.resume_at.pop(f.rel, None)
+                plan.sent.append(f.rel)
+        bad = answer.get("bad") or []
+        if bad:
+            raise EdgekitError(
+                "%s did not take %d file(s) it received (first: %s: %s)" % (self.host.name, len(bad), bad[0][0], bad[0][1]),
+                "rerun the deploy; if it repeats, check the board's disk and --remote-dir",
+            )
 
 
-def resolve_remote_root(sftp: paramiko.SFTPClient, remote_dir: str) -> str:
+def sync(host: Host, helper: RemoteHelper, remote_dir: str, files: Sequence[LocalFile], on_bytes: Optional[ByteCallback] = None) -> SyncStats:
+    """:class:`Sync` without early files or a side task (what the deploy runs, minus the doctor)."""
+    return Sync(host, helper, remote_dir, files, progress=_BytesCallback(on_bytes)).run()
+
+
+def resolve_remote_root(sftp: Any, remote_dir: str) -> str:
     """Absolute path of ``--remote-dir`` on the target, ``~`` expanded, found over SFTP (no shell)."""
     home = sftp.normalize(".")
     if remote_dir == "~":
         return home
     if remote_dir.startswith("~/"):
         return posixpath.normpath(posixpath.join(home, remote_dir[2:]))
-    if remote_dir.startswith("~"):
-        raise EdgekitError("--remote-dir %r: ~user paths are not supported" % remote_dir, "write the absolute path")
     return posixpath.normpath(posixpath.join(home, remote_dir))
 
 
-def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
-    try:
-        sftp.stat(path)
-        return True
-    except IOError:
-        return False
-
-
-def _pool_hashes(sftp: paramiko.SFTPClient, root: str, skip: str) -> set:
+def _pool_hashes(sftp: Any, root: str, skip: Sequence[str]) -> set:
     """sha256 of every file listed by the other bundles' manifests on the target."""
     pool = posixpath.join(root, "bundles")
     hashes: set = set()
@@ -342,7 +416,7 @@ def _pool_hashes(sftp: paramiko.SFTPClient, root: str, skip: str) -> set:
     except IOError:
         return hashes
     for name in names:
-        if name == skip:
+        if name in skip:
             continue
         try:
             with sftp.open(posixpath.join(pool, name, MANIFEST_NAME), "rb") as f:
@@ -353,26 +427,39 @@ def _pool_hashes(sftp: paramiko.SFTPClient, root: str, skip: str) -> set:
     return hashes
 
 
-def fresh_files(sftp: paramiko.SFTPClient, root: str, files: Sequence[LocalFile], manifest_sha: str, agent_sha: str) -> List[LocalFile]:
+def fresh_files(sftp: Any, root: str, files: Sequence[LocalFile]) -> List[LocalFile]:
     """Files the target certainly lacks and cannot take from another bundle: safe to
     send at once, before the helper (whose start costs a login shell) has planned.
 
-    That is every file of a bundle whose folder does not exist yet, except content
-    some other bundle there already holds (the plan links those), and the agent
-    when its folder does not exist.
+    Each file lives in a content-addressed folder (``agent/<sha>``, ``bundles/<sha>``):
+    when that folder does not exist, its files are fresh, except content some other
+    bundle there already holds (the plan links those). Asked over SFTP: no shell.
     """
+    folders: Dict[str, List[LocalFile]] = {}
+    for f in files:
+        folders.setdefault("/".join(f.rel.split("/")[:2]), []).append(f)
     fresh: List[LocalFile] = []
-    agent = agent_rel(agent_sha)
-    if not _exists(sftp, posixpath.dirname(posixpath.join(root, agent))):
-        fresh += [f for f in files if f.rel == agent]
-    if not _exists(sftp, posixpath.join(root, bundle_rel(manifest_sha))):
-        pool = _pool_hashes(sftp, root, manifest_sha)
-        prefix = bundle_rel(manifest_sha) + "/"
-        fresh += [f for f in files if f.rel.startswith(prefix) and f.sha256 not in pool]
+    pool: Optional[set] = None
+    for folder, members in folders.items():
+        if _exists(sftp, posixpath.join(root, folder)):
+            continue
+        if folder.startswith("bundles/"):
+            if pool is None:
+                pool = _pool_hashes(sftp, root, [k.split("/", 1)[1] for k in folders if k.startswith("bundles/")])
+            members = [f for f in members if f.sha256 not in pool]
+        fresh += members
     return fresh
 
 
-def make_dirs(sftp: paramiko.SFTPClient, root: str, rels: Sequence[str]) -> None:
+def _exists(sftp: Any, path: str) -> bool:
+    try:
+        sftp.stat(path)
+        return True
+    except IOError:
+        return False
+
+
+def make_dirs(sftp: Any, root: str, rels: Sequence[str]) -> None:
     """Create the parent folders of ``rels`` under ``root`` over SFTP (mkdir -p)."""
     made = set()
     for rel in rels:
@@ -389,47 +476,3 @@ def make_dirs(sftp: paramiko.SFTPClient, root: str, rels: Sequence[str]) -> None
                     raise
             made.add(path)
         made.add(posixpath.dirname(posixpath.join(root, rel)))
-
-
-def verify_uploaded(helper: RemoteHelper, plan: SyncPlan, rels: Sequence[str]) -> None:
-    """Have the target hash what it received; a mismatch is an error (the bad file is not kept)."""
-    if not rels:
-        return
-    files = [f for f in plan.files if f.rel in set(rels)]
-    check = plan_sync(helper, plan.root, files)
-    bad = [f.rel for f in check.missing]
-    if bad:
-        raise EdgekitError(
-            "%s received %d file(s) that do not match their sha256 (first: %s)" % (helper.host.name, len(bad), bad[0]),
-            "rerun the deploy; if it repeats, check the board's disk",
-        )
-
-
-def sync(
-    host: SSHHost,
-    helper: RemoteHelper,
-    root: str,
-    files: Sequence[LocalFile],
-    on_bytes: Optional[ByteCallback] = None,
-    plan: Optional[SyncPlan] = None,
-) -> SyncStats:
-    """Plan, upload and verify in one call (the deploy pipeline uses the pieces)."""
-    start = time.monotonic()
-    plan = plan or plan_sync(helper, root, files)
-    resumed = len(plan.resume_at)
-    to_send = plan.bytes_to_send
-    t_upload = time.monotonic()
-    sent = upload(host, plan, on_bytes=on_bytes)
-    upload_seconds = time.monotonic() - t_upload
-    verify_uploaded(helper, plan, sent)
-    return SyncStats(
-        files_total=len(plan.files),
-        files_present=len(plan.have),
-        files_reused=len(plan.reused),
-        files_sent=len(sent),
-        files_resumed=resumed,
-        bytes_total=sum(f.size for f in plan.files),
-        bytes_sent=to_send,
-        seconds=time.monotonic() - start,
-        upload_seconds=upload_seconds,
-    )

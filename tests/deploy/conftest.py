@@ -277,3 +277,77 @@ def edgekit_cli(isolated_env, tmp_path):
     run.cwd = work
     run.env = isolated_env
     return run
+
+
+class AgentProcesses(object):
+    """The agent processes still alive on this machine (the boards of these tests are this machine)."""
+
+    @staticmethod
+    def find(marker: str) -> list:
+        """Processes whose command line mentions ``marker`` (a test's remote dir or agent path) and `run`."""
+        found = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open("/proc/%s/cmdline" % pid, "rb") as f:
+                        argv = f.read().split(b"\0")
+                except OSError:
+                    continue
+                if any(marker.encode() in a for a in argv) and b"run" in argv:
+                    found.append(int(pid))
+        return found
+
+    def gone_within(self, marker: str, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not self.find(marker):
+                return True
+            time.sleep(0.2)
+        return False
+
+    @staticmethod
+    def descendants(root: int) -> list:
+        """Every live process below ``root`` (by parent pid), for stopping one board's session tree."""
+        children: dict = {}
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open("/proc/%s/stat" % pid) as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                children.setdefault(ppid, []).append(int(pid))
+        out, todo = [], [root]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                out.append(child)
+                todo.append(child)
+        return out
+
+
+@pytest.fixture
+def agent_procs() -> AgentProcesses:
+    return AgentProcesses()
+
+
+@pytest.fixture
+def make_sshd(tmp_path):
+    """Start extra boards (one sshd each) for fleet tests; all stopped at teardown."""
+    _check_can_run_sshd()
+    servers = []
+
+    def make(name: str) -> SSHServer:
+        server = SSHServer(str(tmp_path / ("sshd-" + name)), name)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        if server.proc is not None:
+            for pid in AgentProcesses.descendants(server.proc.pid):
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except OSError:
+                    pass
+        server.stop()

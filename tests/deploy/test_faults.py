@@ -166,14 +166,18 @@ def _tree_ok(root, bundle_dir):
 
 
 @pytest.mark.ssh
-@pytest.mark.parametrize("writers", [2, 8])
-def test_concurrent_deploys_of_one_bundle_to_one_board_all_succeed(sshd, ssh_options, synthetic_bundle, agent_pyz, tmp_path, remote_python, writers):
+@pytest.mark.parametrize("writers,bundles", [(2, "same"), (8, "same"), (8, "different")])
+def test_concurrent_deploys_to_one_board_all_succeed(sshd, ssh_options, synthetic_bundle, agent_pyz, tmp_path, remote_python, writers, bundles):
+    """Deploys at once to one board's store: of one bundle (the same .partial names
+    raced), or of different bundles sharing their images (the reuse path raced)."""
     from edgekit.host.deploy.pipeline import DeployOptions
     from edgekit.host.deploy.service import deploy
 
-    files = {"models/fp32.onnx": _random(4 * MB, 1)}
-    files.update({"eval/images/%03d.jpg" % i: _random(20_000, 100 + i) for i in range(40)})
-    bundle = synthetic_bundle("shared", files)
+    images = {"eval/images/%03d.jpg" % i: _random(20_000, 100 + i) for i in range(40)}
+    if bundles == "same":
+        paths = [synthetic_bundle("shared", dict({"models/fp32.onnx": _random(4 * MB, 1)}, **images))] * writers
+    else:
+        paths = [synthetic_bundle("own-%d" % i, dict({"models/fp32.onnx": _random(2 * MB, 10 + i)}, **images)) for i in range(writers)]
     target = _target(sshd, tmp_path)
     remote = str(tmp_path / "remote")
     options = DeployOptions(remote_dir=remote, python=remote_python, run=False, doctor=False, results_dir=str(tmp_path / "results"))
@@ -182,7 +186,7 @@ def test_concurrent_deploys_of_one_bundle_to_one_board_all_succeed(sshd, ssh_opt
 
     def one(i):
         barrier.wait()
-        outcomes[i] = deploy([target], bundle, ssh_options, options, agent=agent_pyz[0])[0]
+        outcomes[i] = deploy([target], paths[i], ssh_options, options, agent=agent_pyz[0])[0]
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(writers)]
     for t in threads:
@@ -191,63 +195,58 @@ def test_concurrent_deploys_of_one_bundle_to_one_board_all_succeed(sshd, ssh_opt
         t.join(240)
     assert [o.error for o in outcomes] == [None] * writers
     assert all(o.ok for o in outcomes)
-    _tree_ok(remote, bundle)
-    again = deploy([target], bundle, ssh_options, options, agent=agent_pyz[0])[0]
-    assert again.ok and again.sync.bytes_sent == 0
+    for path in set(paths):
+        _tree_ok(remote, path)
+        again = deploy([target], path, ssh_options, options, agent=agent_pyz[0])[0]
+        assert again.ok and again.sync.bytes_sent == 0
+    leftovers = [os.path.join(d, f) for d, _, names in os.walk(remote) for f in names if ".partial" in f]
+    assert leftovers == []
 
 
-def _agent_processes(marker):
-    """Processes whose command line mentions ``marker`` (the test's remote dir) and `run`."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if any(marker.encode() in a for a in argv) and b"run" in argv:
-                found.append(int(pid))
-    return found
 
 
-def _gone_within(marker, seconds):
-    import time
 
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not _agent_processes(marker):
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.mark.ssh
-def test_the_remote_agent_stops_when_the_host_is_killed(sshd, cpu_bundle, agent_pyz, edgekit_cli, tmp_path):
+@pytest.mark.parametrize("where", ["remote", "local"])
+def test_the_agent_stops_when_the_host_is_killed(where, sshd, cpu_bundle, agent_pyz, edgekit_cli, tmp_path, agent_procs):
+    """kill -9 of `edgekit deploy` mid-run: the agent (on the board, or here for `local`)
+    stops on its own: its launcher sees its stdin, held open by the host, reach EOF."""
+    import shutil
     import signal
     import subprocess
     import sys
     import time
 
-    remote = str(tmp_path / "remote kill-9")
-    args = [
-        sys.executable, "-c", "from edgekit.host.cli.main import main; main()", "deploy", sshd.target, "--bundle", cpu_bundle,
-        "--agent", agent_pyz[0], "-i", sshd.client_key, "--known-hosts", sshd.known_hosts, "--remote-dir", remote,
-        "--python", sys.executable, "--variant", "fp32", "--iterations", "1000000", "--warmup", "1",
+    if where == "remote":
+        marker = str(tmp_path / "remote kill-9") + "/agent/"
+        target = [sshd.target, "-i", sshd.client_key, "--known-hosts", sshd.known_hosts, "--remote-dir", str(tmp_path / "remote kill-9")]
+        agent = agent_pyz[0]
+    else:
+        # The local agent runs from --agent's path: a copy of its own names this test's processes.
+        agent = marker = str(tmp_path / "local kill-9 agent.pyz")
+        shutil.copyfile(agent_pyz[0], agent)
+        target = ["local"]
+    args = [sys.executable, "-c", "from edgekit.host.cli.main import main; main()", "deploy"] + target + [
+        "--bundle", cpu_bundle, "--agent", agent, "--python", sys.executable, "--variant", "fp32", "--iterations", "1000000", "--warmup", "1",
     ]
     proc = subprocess.Popen(args, cwd=str(edgekit_cli.cwd), env=edgekit_cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 90
-        while not _agent_processes(remote + "/agent/") and time.monotonic() < deadline and proc.poll() is None:
+        while not agent_procs.find(marker) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-        assert _agent_processes(remote + "/agent/"), "the agent never started"
+        assert agent_procs.find(marker), "the agent never started"
         time.sleep(1.0)
         proc.send_signal(signal.SIGKILL)  # the host dies: no Ctrl-C handler, no goodbye to the board
         proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert _gone_within(remote + "/agent/", 10), "agent processes %s still running 10 s after the host died" % _agent_processes(remote + "/agent/")
+    left = [] if agent_procs.gone_within(marker, 10) else agent_procs.find(marker)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "agent processes %s still running 10 s after the host died" % left
 
 
 @pytest.fixture
@@ -292,7 +291,7 @@ def test_the_agent_run_reports_a_declared_file_that_is_missing(synthetic_bundle)
 
 
 @pytest.mark.ssh
-def test_a_stopped_agent_is_given_up_within_one_and_a_half_idle_limits(sshd, cpu_bundle, agent_pyz, edgekit_cli, tmp_path):
+def test_a_stopped_agent_is_given_up_within_one_and_a_half_idle_limits(sshd, cpu_bundle, agent_pyz, edgekit_cli, tmp_path, agent_procs):
     import signal
     import subprocess
     import sys
@@ -308,15 +307,15 @@ def test_a_stopped_agent_is_given_up_within_one_and_a_half_idle_limits(sshd, cpu
     proc = subprocess.Popen(args, cwd=str(edgekit_cli.cwd), env=edgekit_cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90
-        while not _agent_processes(remote + "/agent/") and time.monotonic() < deadline and proc.poll() is None:
+        while not agent_procs.find(remote + "/agent/") and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-        assert _agent_processes(remote + "/agent/"), "the agent never started"
+        assert agent_procs.find(remote + "/agent/"), "the agent never started"
         time.sleep(2 * idle)  # running, though quiet at times: the heartbeat keeps it alive
         assert proc.poll() is None
         # Taken now, not when the launcher first appeared: on a loaded machine the
         # launcher can be seen before it has started the agent, and stopping only
         # the launcher leaves the agent talking.
-        pids = _agent_processes(remote + "/agent/")
+        pids = agent_procs.find(remote + "/agent/")
         assert len(pids) >= 2, "expected the launcher and the agent, found %s" % pids
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)  # a stalled agent (and its launcher)
@@ -326,28 +325,44 @@ def test_a_stopped_agent_is_given_up_within_one_and_a_half_idle_limits(sshd, cpu
     finally:
         if proc.poll() is None:
             proc.kill()
-        for pid in _agent_processes(remote + "/agent/"):
+        for pid in agent_procs.find(remote + "/agent/"):
             os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 2, err
     assert "went silent for %gs" % idle in err and "Traceback" not in err
     assert elapsed < 1.5 * idle + 1.5, "gave up after %.1f s with an idle limit of %g s" % (elapsed, idle)
-    assert _gone_within(remote + "/agent/", 10)
+    assert agent_procs.gone_within(remote + "/agent/", 10)
 
 
-KILL_CYCLES = 10  # bounded for CI; each cycle is one killed deploy and one clean redeploy
+KILL_CYCLES = 30  # bounded for CI; each cycle is one killed deploy and one clean redeploy
+
+
+def _largest_partial(folder):
+    """The longest upload in progress under ``folder`` (files come and go while we look)."""
+    sizes = [0]
+    for d, _, names in os.walk(folder):
+        for f in names:
+            if f.endswith(".partial") and not f.endswith(".link.partial"):
+                try:
+                    sizes.append(os.path.getsize(os.path.join(d, f)))
+                except FileNotFoundError:  # renamed to its final name since the listing
+                    pass
+    return max(sizes)
 
 
 @pytest.mark.ssh
-def test_deploys_killed_at_random_moments_always_redeploy_cleanly(sshd, ssh_options, synthetic_bundle, agent_pyz, edgekit_cli, tmp_path, remote_python):
+@pytest.mark.slow
+def test_deploys_killed_at_random_moments_always_redeploy_cleanly(sshd, ssh_options, synthetic_bundle, agent_pyz, edgekit_cli, tmp_path, remote_python, agent_procs):
     """Each cycle: a new bundle (new model, the same images) deployed by the CLI and killed
-    (SIGINT or SIGKILL) at a random moment, then a clean redeploy that must succeed, send
-    no more than what was missing, and leave a tree that verifies."""
+    (SIGINT or SIGKILL) at a random moment of its model's upload, then a clean redeploy
+    that must succeed, send only what the killed one had not (it resumes the partial
+    file), and leave a tree that verifies with no partial file under a final name."""
     import random
     import signal
     import subprocess
     import sys
     import time
 
+    from edgekit.contract.manifest import manifest_sha256
     from edgekit.host.deploy.pipeline import DeployOptions
     from edgekit.host.deploy.service import deploy
 
@@ -356,7 +371,7 @@ def test_deploys_killed_at_random_moments_always_redeploy_cleanly(sshd, ssh_opti
     target = _target(sshd, tmp_path)
     options = DeployOptions(remote_dir=remote, python=remote_python, run=False, doctor=False, results_dir=str(tmp_path / "results"))
     rng = random.Random(14)
-    kills = resent = resumed = 0
+    kills = resent = resumed = mid_upload = 0
     for cycle in range(KILL_CYCLES):
         model = _random(16 * MB, 1000 + cycle)
         bundle = synthetic_bundle("killed-%d" % cycle, dict({"models/fp32.onnx": model}, **images))
@@ -366,27 +381,102 @@ def test_deploys_killed_at_random_moments_always_redeploy_cleanly(sshd, ssh_opti
             "--python", remote_python, "--sync-only", "--skip-doctor",
         ]
         proc = subprocess.Popen(args, cwd=str(edgekit_cli.cwd), env=edgekit_cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # A random moment from the start of the upload (the bundle's folder appears) on.
-        from edgekit.contract.manifest import manifest_sha256
-
+        # A random moment of the model's upload: from its first bytes on the board on.
         folder = os.path.join(remote, "bundles", manifest_sha256(bundle))
         deadline = time.monotonic() + 30
-        while not os.path.isdir(folder) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.4))
+        while _largest_partial(folder) == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is None:
             proc.send_signal(rng.choice([signal.SIGINT, signal.SIGKILL]))
             kills += 1
         proc.wait(30)
+        left = _largest_partial(folder)
+        mid_upload += 1 if left else 0
         clean = deploy([target], bundle, ssh_options, options, agent=agent_pyz[0])[0]
         assert clean.ok, "cycle %d: %s" % (cycle, clean.error)
         manifest_size = os.path.getsize(os.path.join(bundle, "manifest.json"))
-        # After the first cycle the agent and images are on the board: never more than the new model and manifest.
+        # After the first cycle the agent and images are on the board: only the rest of the model and the manifest travel.
         if cycle > 0:
-            assert clean.sync.bytes_sent <= len(model) + manifest_size, "cycle %d resent %d bytes" % (cycle, clean.sync.bytes_sent)
+            assert clean.sync.bytes_sent <= len(model) - left + manifest_size, "cycle %d resent %d bytes (%d were on the board)" % (cycle, clean.sync.bytes_sent, left)
         resent += clean.sync.bytes_sent
         resumed += clean.sync.files_resumed
         _tree_ok(remote, bundle)
     assert kills >= KILL_CYCLES // 2  # most cycles really interrupted a deploy
-    print("\nkill cycles: %d, kills: %d, files resumed: %d, bytes sent by the clean redeploys: %d of %d" % (KILL_CYCLES, kills, resumed, resent, KILL_CYCLES * 16 * MB))
-    assert _agent_processes(remote) == []
+    assert mid_upload >= KILL_CYCLES // 3 and resumed >= mid_upload - 1  # the kills landed mid-upload, and those uploads resumed
+    print("\nkill cycles: %d, kills: %d, killed mid-upload: %d, files resumed: %d, bytes sent by the clean redeploys: %d of %d" % (
+        KILL_CYCLES, kills, mid_upload, resumed, resent, KILL_CYCLES * 16 * MB))
+    assert agent_procs.find(remote) == []
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_a_fleet_with_one_board_killed_mid_upload_and_one_stalled(make_sshd, cpu_bundle, agent_pyz, tmp_path, remote_python, agent_procs):
+    """Four boards in one deploy: one dies mid-upload (its sshd and sessions killed), one
+    stalls in the run (its agent stopped). The other two finish and are stored exactly
+    once; the two faults fail with their cause, the stall within 1.5 idle limits; no
+    agent is left running and the store verifies."""
+    import signal
+    import time
+
+    from edgekit.contract.agent_command import AgentCall
+    from edgekit.host.deploy.pipeline import DeployOptions
+    from edgekit.host.deploy.service import deploy
+    from edgekit.host.deploy.ssh import SSHOptions
+    from edgekit.host.deploy.targets import Target
+
+    names = ["ok-1", "killed", "stalled", "ok-2"]
+    boards = {name: make_sshd(name) for name in names}
+    known = str(tmp_path / "known_hosts")
+    with open(known, "w") as f:
+        f.write("".join(b.host_key_line for b in boards.values()))
+    idle = 6.0
+    ssh_options = SSHOptions(known_hosts=known, identity_files=tuple(b.client_key for b in boards.values()), use_agent=False,
+                             look_for_keys=False, connect_timeout=5.0, idle_timeout=idle)
+    targets = [Target(name=n, host="127.0.0.1", user=b.user, port=b.port) for n, b in boards.items()]
+    remote = str(tmp_path / "fleet store")
+    results = str(tmp_path / "results")
+    options = DeployOptions(remote_dir=remote, python=remote_python, results_dir=results,
+                            agent=AgentCall(["fp32"], warmup=2, iterations=30, max_images=8))
+    marks = {}
+
+    def sessions_of(name):
+        """Every process one board's sshd runs (its sessions, the helper, the agent)."""
+        return agent_procs.descendants(boards[name].proc.pid)
+
+    def on_event(event):
+        target = event.get("target")
+        if target == "killed" and event["event"] == "step" and event["total"] and event["done"] > event["total"] * 0.3 and "killed" not in marks:
+            marks["killed"] = time.monotonic()
+            for pid in sessions_of("killed") + [boards["killed"].proc.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)  # the board's power is cut
+                except OSError:
+                    pass
+        if target == "stalled" and event["event"] == "agent" and event["agent"].get("event") == "start" and "stalled" not in marks:
+            agents = set(agent_procs.find(remote + "/agent/"))
+            stopped = [p for p in sessions_of("stalled") if p in agents]
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)  # a hung driver: the agent and its launcher stop answering
+            marks["stalled"] = time.monotonic()
+            marks["stopped"] = stopped
+        if event["event"] == "stage" and event["status"] == "failed":
+            marks["failed " + target] = time.monotonic()
+
+    started = time.monotonic()
+    outcomes = {o.target.name: o for o in deploy(targets, cpu_bundle, ssh_options, options, progress=on_event, jobs=4, agent=agent_pyz[0])}
+    assert "killed" in marks and marks.get("stopped"), "the faults were not injected: %s" % marks
+    assert outcomes["ok-1"].ok and outcomes["ok-2"].ok, (outcomes["ok-1"].error, outcomes["ok-2"].error)
+    assert not outcomes["killed"].ok and outcomes["killed"].stage in ("sync", "failed") and outcomes["killed"].result is None
+    assert "killed" in outcomes["killed"].error or "broke" in outcomes["killed"].error or "closed" in outcomes["killed"].error, outcomes["killed"].error
+    stalled = outcomes["stalled"]
+    assert not stalled.ok and "went silent for %gs" % idle in stalled.error, stalled.error
+    given_up = marks["failed stalled"] - marks["stalled"]
+    assert given_up < 1.5 * idle + 1.0, "the stalled board was given up after %.1f s with an idle limit of %g s" % (given_up, idle)
+    # Every completed result stored exactly once; none for the failed boards.
+    stored = sorted(os.path.relpath(os.path.join(d, f), results).split(os.sep)[0] for d, _, fs in os.walk(results) for f in fs if f.endswith(".json"))
+    assert stored == ["ok-1", "ok-2"]
+    assert agent_procs.gone_within(remote + "/agent/", 10), "agents left: %s" % agent_procs.find(remote + "/agent/")
+    _tree_ok(remote, cpu_bundle)
+    print("\nfleet of 4: ok %s, killed after %.1f s, stalled board given up %.1f s after it stopped (idle limit %g s), total %.1f s" % (
+        [n for n, o in outcomes.items() if o.ok], marks["killed"] - started, given_up, idle, time.monotonic() - started))

@@ -1,5 +1,4 @@
 """The deploy pipeline: interrupted deploys resume; Ctrl-C and --timeout leave nothing running."""
-import os
 import signal
 import subprocess
 import sys
@@ -16,19 +15,6 @@ pytestmark = pytest.mark.ssh
 MB = 1024 * 1024
 
 
-def _agent_processes(marker):
-    """Agent `run` processes whose command line mentions ``marker`` (our remote dir)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if any(marker.encode() in a for a in argv) and b"run" in argv:
-                found.append(int(pid))
-    return found
 
 
 def test_interrupted_deploy_resumes_and_sends_only_the_rest(sshd, ssh_options, synthetic_bundle, agent_pyz, tmp_path, remote_python):
@@ -74,10 +60,10 @@ def _start_long_deploy(sshd, cpu_bundle, agent_pyz, edgekit_cli, remote, *extra)
     return subprocess.Popen(args, cwd=str(edgekit_cli.cwd), env=edgekit_cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_run_stage(proc, marker, within=60):
+def _wait_for_run_stage(proc, marker, agent_procs, within=60):
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if _agent_processes(marker + "/agent/"):
+        if agent_procs.find(marker + "/agent/"):
             return True
         if proc.poll() is not None:
             return False
@@ -85,11 +71,11 @@ def _wait_for_run_stage(proc, marker, within=60):
     return False
 
 
-def test_ctrl_c_stops_the_remote_agent(sshd, cpu_bundle, agent_pyz, edgekit_cli, tmp_path):
+def test_ctrl_c_stops_the_remote_agent(sshd, cpu_bundle, agent_pyz, edgekit_cli, tmp_path, agent_procs):
     remote = str(tmp_path / "remote ctrl-c")
     proc = _start_long_deploy(sshd, cpu_bundle, agent_pyz, edgekit_cli, remote)
     try:
-        assert _wait_for_run_stage(proc, remote), proc.communicate()[1]
+        assert _wait_for_run_stage(proc, remote, agent_procs), proc.communicate()[1]
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
@@ -99,12 +85,12 @@ def test_ctrl_c_stops_the_remote_agent(sshd, cpu_bundle, agent_pyz, edgekit_cli,
     assert proc.returncode == 130, err
     assert "error: interrupted" in err
     deadline = time.monotonic() + 10
-    while _agent_processes(remote + "/agent/") and time.monotonic() < deadline:
+    while agent_procs.find(remote + "/agent/") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _agent_processes(remote + "/agent/") == []
+    assert agent_procs.find(remote + "/agent/") == []
 
 
-def test_timeout_stops_the_remote_agent(sshd, cpu_bundle, agent_pyz, edgekit_cli, tmp_path):
+def test_timeout_stops_the_remote_agent(sshd, cpu_bundle, agent_pyz, edgekit_cli, tmp_path, agent_procs):
     remote = str(tmp_path / "remote timeout")
     proc = _start_long_deploy(sshd, cpu_bundle, agent_pyz, edgekit_cli, remote, "--timeout", "8")
     try:
@@ -114,4 +100,4 @@ def test_timeout_stops_the_remote_agent(sshd, cpu_bundle, agent_pyz, edgekit_cli
             proc.kill()
     assert proc.returncode == 2, err
     assert "did not finish within 8s" in err and "Traceback" not in err
-    assert _agent_processes(remote + "/agent/") == []
+    assert agent_procs.find(remote + "/agent/") == []

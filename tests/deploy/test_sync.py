@@ -8,7 +8,7 @@ from edgekit.host.deploy.helper import RemoteHelper
 from edgekit.host.deploy.preflight import check_disk, check_probe
 from edgekit.host.deploy.shell import SSHHost
 from edgekit.host.deploy.ssh import connect
-from edgekit.host.deploy.sync import bundle_rel, deploy_files, load_local_bundle, partial_name, plan_sync, sync, upload
+from edgekit.host.deploy.sync import bundle_rel, deploy_files, load_local_bundle, partial_name, sync
 from edgekit.host.deploy.targets import parse_target
 from edgekit.contract.errors import EdgekitError
 
@@ -77,13 +77,26 @@ def test_changed_remote_file_is_sent_again(session, synthetic_bundle, agent_file
     assert again.files_sent == 1 and again.bytes_sent == MB
 
 
-def test_interrupted_upload_resumes_from_the_partial_file(session, synthetic_bundle, agent_file, tmp_path):
-    host, helper = session
+def _settled_size(path, timeout=10.0):
+    """The file's size once the board-side helper, given up by the host, has written what it read."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        size = os.path.getsize(path) if os.path.exists(path) else -1
+        if size == last and size >= 0:
+            return size
+        last = size
+        time.sleep(0.3)
+    return last
+
+
+def test_interrupted_upload_resumes_from_the_partial_file(sshd, ssh_options, synthetic_bundle, agent_file, tmp_path, remote_python):
     size = 8 * MB
     bundle = load_local_bundle(synthetic_bundle("big", {"models/fp32.onnx": _random(size, 3)}))
     root = _remote_root(tmp_path)
     files = deploy_files(bundle, *agent_file)
-    plan = plan_sync(helper, root, files)
     sent = []
 
     class Cut(Exception):
@@ -94,15 +107,25 @@ def test_interrupted_upload_resumes_from_the_partial_file(session, synthetic_bun
         if sum(sent) >= size // 2 + MB:  # the agent and manifest are tiny; cut inside the model
             raise Cut()
 
-    with pytest.raises(Cut):
-        upload(host, plan, on_bytes=cut_midway)
+    (tmp_path / "ssh_config").write_text("")
+    target = parse_target(sshd.target, ssh_config=str(tmp_path / "ssh_config"))
+    with connect(target, ssh_options) as conn:
+        host = SSHHost(conn)
+        helper = RemoteHelper(host, remote_python)
+        with pytest.raises(Cut):
+            sync(host, helper, root, files, on_bytes=cut_midway)
+        assert helper._closed  # the stream was given up: the helper is not asked anything more
     model = [f for f in files if f.rel.endswith("fp32.onnx")][0]
     remote = os.path.join(root, *model.rel.split("/"))
-    partial = partial_name(remote, model.sha256, plan.writer)  # this writer's own name
-    assert not os.path.exists(remote) and os.path.exists(partial)
-    have = os.path.getsize(partial)
+    partials = [n for n in os.listdir(os.path.dirname(remote)) if n.startswith(os.path.basename(partial_name(remote, model.sha256))[:-len("partial")])]
+    assert not os.path.exists(remote) and len(partials) == 1
+    partial = os.path.join(os.path.dirname(remote), partials[0])
+    have = _settled_size(partial)
     assert 0 < have < size
-    resumed = sync(host, helper, root, files)
+    with connect(target, ssh_options) as conn:
+        host = SSHHost(conn)
+        with RemoteHelper(host, remote_python) as helper:
+            resumed = sync(host, helper, root, files)
     assert resumed.files_resumed == 1 and resumed.files_sent == 1
     assert resumed.bytes_sent == size - have  # only the missing tail travelled
     with open(remote, "rb") as f:
@@ -168,3 +191,32 @@ def test_missing_interpreter_is_explained(sshd, ssh_options, tmp_path):
         with pytest.raises(EdgekitError, match="has no Python interpreter '/opt/none/python9'") as info:
             RemoteHelper(SSHHost(conn), "/opt/none/python9").request("probe", dir=str(tmp_path))
         assert "--python" in info.value.fix
+
+
+def test_the_upload_uses_no_private_paramiko_api():
+    """The upload is one stream over a public Channel (send with a timeout): paramiko's
+    private SFTP calls (_async_request, _read_response) and its sftp internals are gone,
+    so a paramiko upgrade cannot silently break or slow it."""
+    import edgekit.host.deploy as deploy_pkg
+
+    folder = os.path.dirname(deploy_pkg.__file__)
+    offenders = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                text = f.read()
+            for private in ("._async_request", "._read_response", "from paramiko.sftp import", "paramiko.sftp."):
+                if private in text:
+                    offenders.append("%s: %s" % (name, private))
+    assert offenders == []
+
+
+def test_a_missing_interpreter_is_explained_even_mid_stream(sshd, ssh_options, synthetic_bundle, agent_file, tmp_path):
+    # Fresh files travel before the helper answers: when it never started, the stream
+    # meets a closed session, and the reason (no such interpreter) is what is said.
+    bundle = load_local_bundle(synthetic_bundle("nopy", {"models/fp32.onnx": _random(6 * MB, 7)}))
+    (tmp_path / "c").write_text("")
+    with connect(parse_target(sshd.target, ssh_config=str(tmp_path / "c")), ssh_options) as conn:
+        host = SSHHost(conn)
+        with pytest.raises(EdgekitError, match="has no Python interpreter '/opt/none/python9'"):
+            sync(host, RemoteHelper(host, "/opt/none/python9"), _remote_root(tmp_path), deploy_files(bundle, *agent_file))
