@@ -20,6 +20,7 @@ COMMANDS = ("info", "doctor", "verify", "bench", "eval", "run")
 MEASURE_COMMANDS = ("bench", "eval", "run")
 PROGRESS_MODES = ("auto", "json", "text", "none")
 TRT_INT8_MODES = ("auto", "explicit", "implicit")
+ENERGY_MODES = ("auto", "off")
 # Exit codes of every agent command.
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -59,7 +60,8 @@ def add_measure_options(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("--iterations", type=_count, metavar="N", help="timed iterations, at least (default: the profile's)")
         p.add_argument("--min-seconds", type=_seconds, metavar="S", help="time for at least S seconds")
         p.add_argument("--stage-images", type=_count, default=20, metavar="N", help="images for the pre/infer/post split in bench (default 20)")
-        p.add_argument("--profile-layers", action="store_true", help="after the timed loop, time each layer with the runtime's profiler (ONNX Runtime)")
+        p.add_argument("--profile-layers", action="store_true", help="after the timed loop, time each layer with the runtime's profiler (ONNX Runtime; TensorRT's IProfiler)")
+        p.add_argument("--energy", choices=ENERGY_MODES, default="auto", help="sample the power rails during the timed loop where the board has monitors (INA3221 sysfs, tegrastats); off: never")
     if command in ("eval", "run"):
         p.add_argument("--max-drift", type=_seconds, metavar="F", help="fail a variant whose mAP (or top-1) differs from the host's by more (default: the profile's, 0.01)")
         p.add_argument("--max-images", type=_count, metavar="N", help="evaluate only the first N images (no drift gate then)")
@@ -80,6 +82,7 @@ class AgentCall(object):
         iterations: Optional[int] = None,
         max_drift: Optional[float] = None,
         max_images: Optional[int] = None,
+        profile_layers: bool = False,
     ) -> None:
         if backend is not None and backend not in BACKEND_CHOICES:
             raise ValueError("backend must be one of %s, got %r" % (BACKEND_CHOICES, backend))
@@ -89,6 +92,7 @@ class AgentCall(object):
         self.iterations = iterations
         self.max_drift = max_drift
         self.max_images = max_images
+        self.profile_layers = bool(profile_layers)
 
     def _options(self) -> List[str]:
         args: List[str] = []
@@ -99,6 +103,8 @@ class AgentCall(object):
         for flag, value in pairs:
             if value is not None:
                 args += [flag, str(value)]
+        if self.profile_layers:
+            args.append("--profile-layers")
         return args
 
     def doctor_argv(self, python: str, agent: str, bundle: str) -> List[str]:

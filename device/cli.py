@@ -6,8 +6,9 @@ run BUNDLE (bench + eval). Results are JSON on stdout (or --out FILE), a
 readable table instead when stdout is a terminal (--json forces JSON);
 progress is JSON lines on stderr (text when stderr is a terminal).
 
-Exit codes: 0 ok; 1 the command ran but something failed (a run failed or was
-skipped, the accuracy gate failed, doctor found something missing); 2 bad
+Exit codes: 0 ok (a variant this board cannot run is "skipped", not a failure);
+1 the command ran but something failed (a run failed, every run was skipped,
+the accuracy gate failed, doctor found something missing); 2 bad
 input (EdgekitError: one line ``error: ...`` on stderr); 3 timed out; 130
 interrupted.
 
@@ -166,6 +167,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         debug=args.debug,
         trt_int8=args.trt_int8,
         profile_layers=getattr(args, "profile_layers", False),
+        energy=getattr(args, "energy", "auto"),
     )
     progress = Progress(args.progress)
 

@@ -19,7 +19,11 @@ matrix), then resolved within itself (one more IoU matrix and a short walk
 over its rows). It stops as soon as ``max_detections`` boxes are kept, which at
 mAP settings (score 0.001, 300 detections) is usually within the first few
 blocks. The one-box-at-a-time loop took 40-90 ms for a few thousand
-candidates; this takes a few ms (benchmarks/agent_bench.py).
+candidates; this takes a few ms (benchmarks/agent_bench.py). Only the best
+``NMS_PRESORT`` candidates are sorted up front (sorting all 25200 of a YOLOv5s
+output cost more than the NMS); the rest is sorted only if NMS gets that far,
+so the order, and the result, stay exactly those of a full stable sort
+(benchmarks/postprocess_bench.py, tests/device/test_postprocess_fast.py).
 """
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -28,6 +32,8 @@ import numpy as np
 from edgekit.contract.specs import PostprocessSpec
 
 NMS_BLOCK = 128
+# Candidates sorted before NMS starts (at least 4 x max_detections); the rest only if NMS gets there.
+NMS_PRESORT = 2048
 
 
 def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
@@ -58,8 +64,36 @@ def _candidates(xywh: np.ndarray, cls_scores: np.ndarray, spec: PostprocessSpec)
         return _limit(xywh_to_xyxy(xywh[rows]), cls_scores[rows, cols], cols, spec)
     classes = cls_scores.argmax(axis=1)
     scores = cls_scores[np.arange(cls_scores.shape[0]), classes]
+    return _select(xywh, scores, classes, spec)
+
+
+def _select(xywh: np.ndarray, scores: np.ndarray, classes: np.ndarray, spec: PostprocessSpec) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     keep = scores > spec.score_threshold
+    if keep.all():  # e.g. every box of an untrained model: no copies
+        return _limit(xywh_to_xyxy(xywh), scores, classes, spec)
     return _limit(xywh_to_xyxy(xywh[keep]), scores[keep], classes[keep], spec)
+
+
+# Rows per step of the YOLOv5 score product: small enough to stay in cache between the
+# multiply and the argmax, instead of a (25200, 80) temporary written and read back.
+V5_CHUNK = 2048
+
+
+def _yolov5_best(rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(best class, its objectness x class score) per row: argmax and gather of the product, in chunks."""
+    n = rows.shape[0]
+    classes = np.empty(n, dtype=np.intp)
+    scores = np.empty(n, dtype=np.float32)
+    buf = np.empty((min(n, V5_CHUNK), rows.shape[1] - 5), dtype=np.float32)
+    index = np.arange(buf.shape[0])
+    for start in range(0, n, V5_CHUNK):
+        stop = min(start + V5_CHUNK, n)
+        b = buf[: stop - start]
+        np.multiply(rows[start:stop, 5:], rows[start:stop, 4:5], out=b)
+        c = b.argmax(axis=1)
+        classes[start:stop] = c
+        scores[start:stop] = b[index[: stop - start], c]
+    return classes, scores
 
 
 def _candidates_channels_first(raw: np.ndarray, spec: PostprocessSpec) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,10 +102,13 @@ def _candidates_channels_first(raw: np.ndarray, spec: PostprocessSpec) -> Tuple[
     if spec.multi_label:
         cols, rows = np.nonzero(cls > spec.score_threshold)
         return _limit(xywh_to_xyxy(raw[:4, rows].T), cls[cols, rows], cols, spec)
-    classes = cls.argmax(axis=0)
-    scores = cls[classes, np.arange(cls.shape[1])]
-    keep = np.flatnonzero(scores > spec.score_threshold)
-    return _limit(xywh_to_xyxy(raw[:4, keep].T), scores[keep], classes[keep], spec)
+    # max along axis 0 is a fast vectorised pass over contiguous rows (argmax along it is not):
+    # the best class is looked up only for the boxes that pass. Same values as argmax + gather.
+    best = cls.max(axis=0)
+    keep = np.flatnonzero(best > spec.score_threshold)
+    if keep.size == best.size:
+        return _limit(xywh_to_xyxy(raw[:4].T), best, cls.argmax(axis=0), spec)
+    return _limit(xywh_to_xyxy(raw[:4, keep].T), best[keep], cls[:, keep].argmax(axis=0), spec)
 
 
 def _iou(ax1: np.ndarray, ay1: np.ndarray, ax2: np.ndarray, ay2: np.ndarray, aarea: np.ndarray, bx1: np.ndarray, by1: np.ndarray, bx2: np.ndarray, by2: np.ndarray, barea: np.ndarray) -> np.ndarray:
@@ -84,18 +121,51 @@ def _iou(ax1: np.ndarray, ay1: np.ndarray, ax2: np.ndarray, ay2: np.ndarray, aar
     return inter / (aarea[:, None] + barea[None, :] - inter + 1e-9)
 
 
+def _score_order(scores: np.ndarray, first: int) -> Tuple[np.ndarray, Optional[float]]:
+    """Candidates by descending score, ties in index order (a stable sort), and where it stops.
+
+    Sorting 25200 candidates costs more than NMS itself when NMS stops after a
+    few hundred, so only those above the ``first``-th best score are sorted;
+    returns (order, pivot), every candidate left out scoring <= pivot (None:
+    the order is complete). Sorting the rest later and appending it gives the
+    full stable order exactly, since everything in front scores higher.
+    """
+    n = scores.shape[0]
+    if n <= first:
+        return np.argsort(-scores, kind="stable"), None
+    pivot = -np.partition(-scores, first - 1)[first - 1]
+    top = np.flatnonzero(scores > pivot)
+    return top[np.argsort(-scores[top], kind="stable")], pivot
+
+
+def _rest_order(scores: np.ndarray, pivot: float) -> np.ndarray:
+    rest = np.flatnonzero(~(scores > pivot))
+    return rest[np.argsort(-scores[rest], kind="stable")]
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int) -> np.ndarray:
     """Greedy non-maximum suppression; returns kept indices, best first (stable for ties)."""
     n = boxes.shape[0]
     if n == 0 or max_keep <= 0:
         return np.zeros((0,), dtype=np.int64)
-    order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = (boxes[order, i] for i in range(4))  # fancy indexing: contiguous columns
-    area = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    order, pivot = _score_order(scores, max(NMS_PRESORT, 4 * max_keep))
+
+    def columns(idx: np.ndarray) -> Tuple[np.ndarray, ...]:
+        c = tuple(boxes[idx, i] for i in range(4))  # fancy indexing: contiguous columns
+        return c + (np.maximum(c[2] - c[0], 0) * np.maximum(c[3] - c[1], 0),)
+
+    x1, y1, x2, y2, area = columns(order)
     kept = np.empty(min(max_keep, n), dtype=np.int64)  # positions in score order
     nk = 0
-    for start in range(0, n, NMS_BLOCK):
-        cand = np.arange(start, min(start + NMS_BLOCK, n))
+    start = 0
+    while start < n:
+        if start >= order.size:
+            # NMS got past the sorted front: sort the rest, append (the order stays exact).
+            rest = _rest_order(scores, pivot)
+            x1, y1, x2, y2, area = (np.concatenate((a, b)) for a, b in zip((x1, y1, x2, y2, area), columns(rest)))
+            order, pivot = np.concatenate((order, rest)), None
+        cand = np.arange(start, min(start + NMS_BLOCK, order.size))
+        start = cand[-1] + 1
         if nk:
             k = kept[:nk]
             iou = _iou(x1[cand], y1[cand], x2[cand], y2[cand], area[cand], x1[k], y1[k], x2[k], y2[k], area[k])
@@ -149,8 +219,13 @@ def postprocess(output: np.ndarray, spec: PostprocessSpec) -> Tuple[np.ndarray, 
     else:
         if out.shape[1] < 6:
             raise ValueError("layout 'yolov5' expects (1, N, 5 + classes), got %s" % (np.shape(output),))
-        # Cheap objectness filter first: most of the 25200 rows die here.
-        rows = out[out[:, 4] > spec.score_threshold]
-        boxes, scores, classes = _candidates(rows[:, :4], rows[:, 5:] * rows[:, 4:5], spec)
+        # Cheap objectness filter first: most of the 25200 rows die here (or none: then no copy).
+        alive = out[:, 4] > spec.score_threshold
+        rows = out if alive.all() else out[alive]
+        if spec.multi_label:
+            boxes, scores, classes = _candidates(rows[:, :4], rows[:, 5:] * rows[:, 4:5], spec)
+        else:
+            best, best_score = _yolov5_best(rows)
+            boxes, scores, classes = _select(rows[:, :4], best_score, best, spec)
     keep = batched_nms(boxes, scores, classes, spec.iou_threshold, spec.max_detections)
     return boxes[keep], scores[keep], classes[keep]

@@ -143,7 +143,7 @@ class OrtRunner(Runner):
         import shutil
         import tempfile
 
-        from ..layer_profile import read_ort_profile
+        from ..layer_profile import attach_sources, read_ort_profile
 
         tmp = tempfile.mkdtemp(prefix="edgekit-profile-")
         try:
@@ -160,7 +160,7 @@ class OrtRunner(Runner):
                 raise out_of_memory("profiling %s" % self.model_file, one_line(exc) or "MemoryError")
             except Exception as exc:
                 raise EdgekitError("ONNX Runtime could not profile %s (%s)" % (self.model_file, one_line(exc)), "rerun without --profile-layers")
-            return read_ort_profile(path, skip_runs=warmup)
+            return attach_sources(read_ort_profile(path, skip_runs=warmup), self._model_path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -64,6 +64,7 @@ class TrtRunner(Runner):
         self.context = None  # type: Any
         self.engine_obj = None  # type: Any
         self.model_file = model_file
+        self._model_path = model_path
         self.int8_request = int8_request if precision == "int8" else "auto"
         try:
             self._open(model_path, model_sha256, precision, input_name, input_shape, info, settings, sparse, calibration, engines_dir, log, on_phase)
@@ -203,11 +204,12 @@ class TrtRunner(Runner):
 
     # --- running ---------------------------------------------------------------
 
-    def _execute(self) -> None:
+    def _execute(self, context: Any = None) -> None:
+        context = context if context is not None else self.context
         if self.api.io == "tensors":
-            ok = self.context.execute_async_v3(self.stream)
+            ok = context.execute_async_v3(self.stream)
         else:
-            ok = self.context.execute_async_v2(self.bindings, self.stream)
+            ok = context.execute_async_v2(self.bindings, self.stream)
         if not ok:
             detail = last_error(self.logger) or "enqueue returned false"
             if looks_like_oom(detail):
@@ -236,6 +238,76 @@ class TrtRunner(Runner):
 
     def gpu_memory_mb(self) -> Optional[float]:
         return round(self._gpu_used / 1048576.0, 1)
+
+    # --- per-layer profile (--profile-layers) ------------------------------------
+
+    def _bind(self, context: Any) -> None:
+        """Point a second execution context at this runner's buffers and input shape."""
+        for index, (name, is_input, _dtype) in enumerate(self._io()):
+            if is_input:
+                dynamic = any(d < 0 for d in (self.engine_obj.get_tensor_shape(name) if self.api.io == "tensors" else self.engine_obj.get_binding_shape(index)))
+                if dynamic:
+                    if self.api.io == "tensors":
+                        context.set_input_shape(name, tuple(self.input_shape))
+                    else:
+                        context.set_binding_shape(index, tuple(self.input_shape))
+            if self.api.io == "tensors":
+                context.set_tensor_address(name, self.bindings[index])
+
+    def profile_layers(self, x: Any, warmup: int, runs: int) -> Dict[str, Any]:
+        """Per-layer time from TensorRT's ``IProfiler`` (edgekit.device.layer_profile), on a second context.
+
+        TensorRT calls ``report_layer_time`` once per layer for each
+        ``execute_v2``/``enqueueV3`` of a context that has a profiler (8.5+). A
+        context of its own keeps the profiler, and its cost, away from the timed
+        context. Layer names are the engine's (ONNX node names, fused ``A + B``);
+        each is traced to its ONNX node and op types come from those nodes.
+        """
+        from ..layer_profile import SOURCE_TRT, LayerTimes, SourceGraph, attach_sources, read_onnx_nodes
+
+        trt = self.trt
+        times = LayerTimes()
+
+        class _Profiler(trt.IProfiler):  # type: ignore[name-defined,misc]
+            def __init__(self) -> None:
+                trt.IProfiler.__init__(self)
+
+            def report_layer_time(self, layer_name: str, ms: float) -> None:
+                times.add(str(layer_name), float(ms))
+
+        context = self.engine_obj.create_execution_context()
+        if context is None:
+            raise out_of_memory("creating a TensorRT profiling context for %s" % self.model_file, last_error(self.logger) or "no context")
+        profiler = _Profiler()
+        spans = []  # type: List[float]
+        try:
+            self._bind(context)
+            context.profiler = profiler
+            self.np.copyto(self.host_in, x.reshape(self.host_in.shape), casting="same_kind")
+            self.cuda.copy_async(self.device_in, self.host_in.ctypes.data, self.in_bytes, H2D, self.stream)
+            start, end = self.events
+            for i in range(warmup + runs):
+                if i >= warmup:
+                    times.start_run()
+                self.cuda.event_record(start, self.stream)
+                self._execute(context)
+                self.cuda.event_record(end, self.stream)
+                self.cuda.stream_sync(self.stream)
+                if i >= warmup:
+                    spans.append(self.cuda.event_elapsed_ms(start, end))
+        except EdgekitError:
+            raise
+        except Exception as exc:  # the bindings raise their own types (TypeError, RuntimeError)
+            raise EdgekitError("TensorRT could not profile %s (%s)" % (self.model_file, one_line(exc)), "rerun without --profile-layers")
+        finally:
+            del context
+        try:
+            graph = SourceGraph(read_onnx_nodes(self._model_path))  # type: Optional[SourceGraph]
+        except EdgekitError:
+            graph = None
+        layers = times.summary(SOURCE_TRT, sum(spans) / len(spans) if spans else None, self.provider,
+                               graph.op_type_of if graph is not None else (lambda name: "?"))
+        return attach_sources(layers, self._model_path)
 
     def close(self) -> None:
         cuda = self.cuda

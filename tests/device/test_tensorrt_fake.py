@@ -193,8 +193,28 @@ def make_fake_tensorrt(version: str, log: list):
             log.append(("build", sorted(config.flags), config.pool, config.default_device_type, config.DLA_core))
             return b"FAKE-ENGINE" + json.dumps({"model": network.path}).encode()
 
+    class IProfiler(object):
+        def __init__(self):
+            pass
+
+    trt.IProfiler = IProfiler
+
+    def engine_layers(path):
+        """Layer names as TensorRT gives them: a reformat layer, ONNX node names, SiLU's pair fused as PWN(...)."""
+        nodes = list(onnx.load(path).graph.node)
+        names, i = ["Reformatting CopyNode for Input Tensor 0 to %s" % nodes[0].name], 0
+        while i < len(nodes):
+            if nodes[i].op_type == "Sigmoid" and i + 1 < len(nodes) and nodes[i + 1].op_type == "Mul":
+                names.append("PWN(PWN(%s), %s)" % (nodes[i].name, nodes[i + 1].name))
+                i += 2
+            else:
+                names.append(nodes[i].name)
+                i += 1
+        return names
+
     class Engine(object):
         def __init__(self, path):
+            self.layer_names = engine_layers(path)
             self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             ins, outs = self.session.get_inputs(), self.session.get_outputs()
             # Outputs first, as TensorRT may order them: the runner must not assume inputs lead.
@@ -246,6 +266,7 @@ def make_fake_tensorrt(version: str, log: list):
         def __init__(self, engine):
             self.engine = engine
             self.addresses = {}
+            self.profiler = None
 
         def get_tensor_shape(self, name):
             return self.engine.get_tensor_shape(name)
@@ -265,6 +286,10 @@ def make_fake_tensorrt(version: str, log: list):
             outputs = self.engine.session.run(None, feeds)
             for (name, is_input, shape), value in zip([e for e in self.engine.io if not e[1]], outputs):
                 ctypes.memmove(address_of(name), value.astype(np.float32).ctypes.data, value.nbytes)
+            if self.profiler is not None:
+                log.append(("profiled run", id(self)))
+                for k, layer in enumerate(self.engine.layer_names):
+                    self.profiler.report_layer_time(layer, 0.01 * (1 + k % 3))
             return True
 
         def execute_async_v2(self, bindings, stream_handle):
@@ -418,3 +443,27 @@ def test_dla_request_builds_for_the_dla_with_gpu_fallback(fake_tensorrt, scored_
     assert any("fp32 variant is built for the GPU" in w for w in result["warnings"])
     builds = [b for b in log if b[0] == "build"]
     assert builds[1][3:] == ("DLA", 1) and "GPU_FALLBACK" in builds[1][1]
+
+
+@pytest.mark.parametrize("version", ["8.5.2.2", "10.3.0"])
+def test_profile_layers_through_the_iprofiler(version, fake_tensorrt, scored_bundle, tmp_path):
+    log, _cuda = fake_tensorrt(version)
+    options = Options(command="bench", backend="tensorrt", iterations=3, warmup=1, stage_images=2, engines_dir=str(tmp_path / "engines"), profile_layers=True)
+    result = run_bundle(scored_bundle, options, info=dict(FAKE_INFO))
+    assert validate_result(result) == []
+    for run in result["runs"]:
+        assert run["status"] == "ok", run["error"]
+        layers = run["layers"]
+        assert layers["source"] == "tensorrt-profiler" and layers["runs"] == 20
+        nodes = {n["name"]: n for n in layers["nodes"]}
+        # the stand-in reports 0.01, 0.02, 0.03 ms by position: means and medians come through exactly
+        assert {round(n["mean_ms"], 4) for n in nodes.values()} <= {0.01, 0.02, 0.03}
+        assert all(n["median_ms"] == n["mean_ms"] for n in nodes.values())
+        reformat = [n for name, n in nodes.items() if name.startswith("Reformatting")]
+        assert len(reformat) == 1 and reformat[0]["source"] is None and reformat[0]["op_type"] == "Reformat"
+        silu = [n for name, n in nodes.items() if name.startswith("PWN(")]
+        assert (silu or run["precision"] != "fp32") and all(n["op_type"] == "Sigmoid+Mul" and n["source"].endswith("Sigmoid") for n in silu), sorted(nodes)[:8]
+        assert layers["source_graph"] == run["variant"] + ".onnx" and layers["source_share"] > 0.95
+    # a context of its own: the timed context never had the profiler
+    profiled = {entry[1] for entry in log if entry[0] == "profiled run"}
+    assert len(profiled) == len(result["runs"]) and sum(1 for e in log if e[0] == "profiled run") == 23 * len(result["runs"])
