@@ -47,15 +47,29 @@ A run::
                       api, flags, int8_mode, dla_core)
     accuracy         null, or {metric: "coco_map" | "top1", stats {12 COCO names or top1/top5},
                       images, host_reference, drift (device - host), max_drift,
-                      passed (null: not gated, e.g. no reference or a subset), note}
+                      passed (null: not gated, e.g. no reference or a subset), note,
+                      curves (detection; absent in older results) {source, recall [101 points 0..1],
+                        precision {map [101]: mean over IoU 0.50:0.95 and classes, map50 [101]: IoU 0.50},
+                        per_class [{id, name, ap, ap50 (null: no ground truth), gt (boxes)}]}
+                      from pycocotools' COCOeval.eval['precision'], area all, 100 detections,
+                      4 decimals (edgekit.device.coco_eval.pr_curves)}
     environment      {governor, power_mode, clocks {start, end}, temperature_c: {start, end, zones_end},
                       throttled, throttle_reasons}
     layers           null, or (bench/run --profile-layers) per-layer time from the runtime's profiler,
                      taken on a separate session after the timed loop (edgekit.device.layer_profile):
-                     {source "onnxruntime-profiler", runs, run_ms (the runtime's own run span),
+                     {source "onnxruntime-profiler" | "tensorrt-profiler", runs, run_ms (the runtime's own run span),
                       nodes_ms (sum of node means), nodes [{name, op_type, provider, mean_ms, share}]
                       slowest first, by_op_type [{op_type, count, mean_ms, share}]}; node names are
-                     the runtime's optimised graph (fused nodes keep the fused name)
+                     the runtime's optimised graph (fused nodes keep the fused name); each node's
+                     source: the node of the variant's ONNX graph it came from (null: inserted by
+                     the runtime); also median_ms per node, source_graph, source_share
+    energy           null (--energy off, or eval), or (bench/run) power during the timed loop
+                     (edgekit.device.energy): {source "ina3221-hwmon" | "ina3221-iio" | "tegrastats",
+                     reason null, interval_ms, measured_interval_ms, samples, seconds, inferences,
+                     idle_seconds, rails [{name, watts, idle_watts, mj_per_inference,
+                     mj_per_inference_above_idle}], total / gpu / cpu {rails, rule, watts, idle_watts,
+                     mj_per_inference, mj_per_inference_above_idle}, note}; a board without power
+                     monitors: {source null, reason "..."} (absent, never zero)
 """
 import datetime
 from typing import Any, Dict, List, Optional
@@ -110,6 +124,7 @@ def new_run(variant: str, precision: str, backend: str, provider: Optional[str] 
         "accuracy": None,
         "environment": None,
         "layers": None,
+        "energy": None,
     }
 
 

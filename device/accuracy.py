@@ -32,6 +32,8 @@ class DetectionTask(object):
         self.pre = PreprocessSpec.from_dict(manifest["preprocess"])
         self.post = PostprocessSpec.from_dict(manifest["postprocess"])
         self.coco = None  # type: Any
+        # Per-class AP and PR curves of the last finish() (edgekit.device.coco_eval.pr_curves).
+        self.curves = None  # type: Optional[Dict[str, Any]]
         ev = bundle.eval_spec()
         if not annotations:
             # Timing only (bench): the image files are enough, pycocotools is not needed.
@@ -78,11 +80,15 @@ class DetectionTask(object):
     def finish(self, collector: Any) -> Dict[str, float]:
         from .coco_eval import evaluate
 
-        return evaluate(self.coco, collector, [i for i, _ in self.images])
+        curves = {}  # type: Dict[str, Any]
+        stats = evaluate(self.coco, collector, [i for i, _ in self.images], curves=curves)
+        self.curves = curves
+        return stats
 
 
 class ClassificationTask(object):
     metric = "top1"
+    curves = None  # type: Optional[Dict[str, Any]]
 
     def __init__(self, bundle: Any, max_images: Optional[int] = None, annotations: bool = True) -> None:
         from edgekit.calibration.preprocess import PreprocessSpec
@@ -209,8 +215,10 @@ def host_reference(variant: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return ref
 
 
-def judge(metric: str, stats: Dict[str, float], images: int, total: int, variant: Dict[str, Any], max_drift: float) -> Dict[str, Any]:
-    """The run's ``accuracy``: stats, the host's reference, drift and the gate's verdict."""
+def judge(
+    metric: str, stats: Dict[str, float], images: int, total: int, variant: Dict[str, Any], max_drift: float, curves: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
+    """The run's ``accuracy``: stats, the host's reference, drift, the gate's verdict and (detection) the curves."""
     key = GATED_STAT[metric]
     ref = host_reference(variant)
     accuracy = {
@@ -223,6 +231,8 @@ def judge(metric: str, stats: Dict[str, float], images: int, total: int, variant
         "passed": None,
         "note": None,
     }  # type: Dict[str, Any]
+    if curves:
+        accuracy["curves"] = curves
     if ref is None or ref.get(key) is None:
         accuracy["note"] = "the manifest has no host reference for this variant; no drift gate"
         return accuracy

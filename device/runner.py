@@ -2,7 +2,8 @@
 
 One variant's failure never stops the others: each run ends ``ok``, ``failed``
 (a fault: tampered file, corrupt model, out of memory, ...) or ``skipped`` (the
-board lacks a capability, e.g. fp16 without a GPU), with its reason. Problems
+board lacks a capability, e.g. fp16 without a GPU), with its reason. A skipped
+run does not make the result fail; only a result where every run was skipped does. Problems
 with the bundle as a whole (unreadable manifest, unknown variant) end the
 command before any run, still with a result that says why.
 """
@@ -43,6 +44,7 @@ class Options(object):
         debug: bool = False,
         trt_int8: str = "auto",
         profile_layers: bool = False,
+        energy: str = "auto",
     ) -> None:
         if command not in COMMANDS:
             raise ValueError("command must be one of %s" % (COMMANDS,))
@@ -63,6 +65,7 @@ class Options(object):
         self.debug = debug
         self.trt_int8 = trt_int8
         self.profile_layers = profile_layers
+        self.energy = energy
 
 
 def resolve_settings(options: Options, profile: Dict[str, Any]) -> Dict[str, Any]:
@@ -88,6 +91,7 @@ def resolve_settings(options: Options, profile: Dict[str, Any]) -> Dict[str, Any
         "timeout_s": options.timeout,
         "trt_int8": options.trt_int8,
         "profile_layers": bool(options.profile_layers),
+        "energy": options.energy,
         "bench_input": None,
     }
 
@@ -305,8 +309,9 @@ def _run_variant(
             raise EdgekitError("variant %s: nothing was timed" % name, "add evaluation images to the bundle or use 'bench'")
         run["status"] = "ok"
     except CannotRun as exc:
+        # Not a fault: the run's error says why, once (the "run" event and the table
+        # show it; a warning as well would print it twice). It does not fail the result.
         _fail_run(run, "skipped", exc.one_line())
-        _warn(result, progress, "%s skipped: %s" % (name, exc.one_line()))
     except EdgekitError as exc:
         _fail_run(run, "failed", exc.one_line())
     except MemoryError as exc:
@@ -322,26 +327,34 @@ def _run_variant(
 
 def _time_inference(bundle: Any, runner: Any, run: Dict[str, Any], task: Any, settings: Dict[str, Any], progress: Progress, result: Dict[str, Any]) -> None:
     from . import environment
+    from .energy import meter_for
     from .latency import measure, summarize, throughput_fps
 
     name = run["variant"]
     x = _bench_input(bundle, task, runner, settings)
     runner.prepare(x)
     marks = {}  # type: Dict[str, Any]
+    meter = meter_for(settings)  # power rails (edgekit.device.energy): idle now, sampled in the timed loop only
+    meter.measure_idle()
 
     def measure_started() -> None:
         marks["start"] = environment.snapshot(with_power_mode=True)
+        meter.start()
 
     progress.event("phase", variant=name, phase="warmup")
-    samples, warm, _wall = measure(
-        runner.timed_step,
-        warmup=settings["warmup"],
-        warmup_seconds=settings["warmup_seconds"],
-        iterations=settings["iterations"],
-        min_seconds=settings["min_seconds"],
-        on_progress=lambda phase, done, total: progress.progress(name, phase, done, total),
-        on_measure_start=measure_started,
-    )
+    try:
+        samples, warm, _wall = measure(
+            runner.timed_step,
+            warmup=settings["warmup"],
+            warmup_seconds=settings["warmup_seconds"],
+            iterations=settings["iterations"],
+            min_seconds=settings["min_seconds"],
+            on_progress=lambda phase, done, total: progress.progress(name, phase, done, total),
+            on_measure_start=measure_started,
+        )
+    finally:
+        meter.stop()
+    run["energy"] = meter.result(len(samples))
     end = environment.snapshot()
     run["latency_ms"] = summarize(samples)
     run["throughput_fps"] = throughput_fps(run["latency_ms"]["mean"])
@@ -405,6 +418,6 @@ def _image_pass(
         run["warmup"] = IMAGE_WARMUP
     if wants_accuracy:
         stats = task.finish(collector)
-        run["accuracy"] = judge(task.metric, stats, len(task.images), task.total, variant, settings["max_drift"])
+        run["accuracy"] = judge(task.metric, stats, len(task.images), task.total, variant, settings["max_drift"], curves=task.curves)
         if run["accuracy"]["passed"] is False:
             _warn(result, progress, "%s failed the accuracy gate: %s" % (name, run["accuracy"]["note"]))

@@ -25,9 +25,11 @@ def _split(columns: Optional[str]) -> Optional[List[str]]:
     help="What goes to stdout: the terminal table, or the full table as Markdown, CSV or JSON (schema: docs/deploy.md).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--top-layers", type=click.IntRange(1), default=10, show_default=True, help="Slowest nodes (and largest per-layer changes) listed per variant in layers.md, for runs with --profile-layers.")
 @click.option("--columns", default=None, help="Comma-separated columns for the terminal table, in this order, e.g. target,variant,p50_ms,map; default: the most important that fit.")
 def report(
-    results: Tuple[str, ...], out_dir: str, baseline: Optional[str], all_runs: bool, no_plots: bool, fmt: str, as_json: bool, columns: Optional[str]
+    results: Tuple[str, ...], out_dir: str, baseline: Optional[str], all_runs: bool, no_plots: bool, fmt: str, as_json: bool, columns: Optional[str],
+    top_layers: int = 10,
 ) -> None:
     """Tables and plots from RESULTS (files or folders; default: ./results).
 
@@ -35,13 +37,15 @@ def report(
     mAP, drift vs host, size, params, MACs) and writes Markdown, CSV and PNG plots.
     On a narrow terminal the less important columns are left out (named below the
     table); report.md, report.csv and --format md|csv|json always hold them all.
-    Pass two bundles' results to compare them side by side.
+    Pass two bundles' results to compare them side by side. Runs measured with
+    --profile-layers add layers.md (slowest nodes, time by op type, fp32 against
+    int8 layer by layer) and layers_op_types.png.
     """
     from rich.console import Console
 
     fmt = "json" if as_json else fmt
     names = _split(columns)
-    rep = make_report(results, out_dir=out_dir, baseline=baseline, latest_only=not all_runs, plots=not no_plots)
+    rep = make_report(results, out_dir=out_dir, baseline=baseline, latest_only=not all_runs, plots=not no_plots, top_layers=top_layers)
     done = "read %d result file(s); wrote %s" % (len(rep.sources), ", ".join(rep.files))
     if fmt != "table":
         # stdout is the data alone (for jq, a spreadsheet, a wiki); the note goes to stderr.

@@ -3,8 +3,9 @@ import dataclasses
 import os
 from typing import List, Optional, Sequence
 
+from .layers import TOP_LAYERS, write_layers_report
 from .load import load_results
-from .plots import plot_frontier, plot_stages
+from .plots import plot_frontier, plot_per_class, plot_pr, plot_stages
 from .table import Row, build_rows
 from .writers import write_csv, write_markdown
 
@@ -24,6 +25,7 @@ def make_report(
     baseline: Optional[str] = None,
     latest_only: bool = True,
     plots: bool = True,
+    top_layers: int = TOP_LAYERS,
 ) -> Report:
     """Load results, build rows, write report.md, report.csv and (unless ``plots`` is off) the PNGs."""
     results = load_results(paths, latest_only=latest_only)
@@ -37,4 +39,11 @@ def make_report(
             written = plot(rows, os.path.join(out_dir, name))
             if written:
                 files.append(written)
+        # Per-class AP and PR curves (runs whose accuracy stored pycocotools' curves).
+        for curve_plot, name in ((plot_per_class, "per_class_ap.png"), (plot_pr, "pr_curves.png")):
+            written = curve_plot(results, os.path.join(out_dir, name))
+            if written:
+                files.append(written)
+    # Per-layer times (runs measured with --profile-layers): layers.md and its plot.
+    files += write_layers_report(results, out_dir, plots=plots, top=top_layers)
     return Report(rows=rows, sources=[r.path for r in results], files=files)

@@ -29,6 +29,7 @@ class Row:
     p90_ms: Optional[float] = None
     mean_ms: Optional[float] = None
     fps: Optional[float] = None
+    mj_per_inf: Optional[float] = None  # energy per inference, total rail (boards with power monitors)
     pre_ms: Optional[float] = None
     infer_ms: Optional[float] = None
     post_ms: Optional[float] = None
@@ -60,6 +61,7 @@ COLUMNS: Tuple[Tuple[str, str, str], ...] = (
     ("p50_ms", "p50 ms", "%.2f"),
     ("p99_ms", "p99 ms", "%.2f"),
     ("fps", "FPS", "%.1f"),
+    ("mj_per_inf", "mJ/inf", "%.1f"),
     ("pre_ms", "pre ms", "%.2f"),
     ("infer_ms", "infer ms", "%.2f"),
     ("post_ms", "post ms", "%.2f"),
@@ -128,6 +130,7 @@ def rows_for(result: LoadedResult) -> List[Row]:
                 p90_ms=_num(lat.get("p90")),
                 mean_ms=_num(lat.get("mean")),
                 fps=_num(run.get("throughput_fps")),
+                mj_per_inf=_num(_get(run, "energy", "total", "mj_per_inference")),
                 pre_ms=_stage(run, "preprocess"),
                 infer_ms=_stage(run, "inference"),
                 post_ms=_stage(run, "postprocess"),
@@ -209,7 +212,7 @@ SUMMARY_COLUMNS = ("target", "bundle", "variant", "backend", "status", "p50_ms",
 # order while they fit (whole, never cut), then shown in COLUMNS order.
 IMPORTANCE = (
     "target", "bundle", "variant", "status", "p50_ms", "map", "speedup", "dmap", "fps", "p99_ms",
-    "drift", "backend", "size_mb", "infer_ms", "map50", "pre_ms", "post_ms", "gmacs", "params_m",
+    "drift", "mj_per_inf", "backend", "size_mb", "infer_ms", "map50", "pre_ms", "post_ms", "gmacs", "params_m",
 )
 # Without these a row cannot be told apart, so they are kept whatever the width.
 REQUIRED = ("target", "bundle", "variant", "status")
@@ -293,9 +296,17 @@ def rich_table(
         justify = "left" if attr in TEXT_COLUMNS else "right"
         # min_width and no_wrap: rich must never squeeze a number into "0.7…".
         table.add_column(header, justify=justify, no_wrap=True, min_width=natural_width(rows, column))
+    from rich.text import Text
+
+    from .map_loss import MAX_LOSS_POINTS
+
     for r in rows:
         cells = [cell(r, attr, fmt) for attr, _h, fmt in columns]
-        style = None if r.status == "ok" else "red"
+        # A row more than MAX_LOSS_POINTS mAP points below its baseline: its d mAP in red.
+        if r.dmap is not None and r.dmap * 100.0 < -MAX_LOSS_POINTS:
+            cells = [Text(c, style="bold red") if attr == "dmap" else c for c, (attr, _h, _f) in zip(cells, columns)]
+        # Failed: red. Skipped (the target cannot run it by design): dim, not an alarm.
+        style = {"ok": None, "skipped": "dim"}.get(r.status, "red")
         table.add_row(*cells, style=style)
     return table
 

@@ -49,10 +49,11 @@ def markdown(rows: Sequence[Row], title: Optional[str] = None) -> str:
                 notes.append("| " + " | ".join(h.replace("|", "\\|") for h in header) + " |")
                 notes.append("|---|" + "---:|" * (len(header) - 1))
                 notes += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
-    failed = [r for r in rows if r.status != "ok"]
-    if failed:
-        notes += ["", "Failed or skipped runs:", ""]
-        notes += ["- %s %s/%s: %s" % (r.target, r.bundle, r.variant, r.error or r.status) for r in failed]
+    for status, heading in (("failed", "Failed runs:"), ("skipped", "Skipped runs (the target cannot run them by design; not a failure):")):
+        these = [r for r in rows if r.status == status]
+        if these:
+            notes += ["", heading, ""]
+            notes += ["- %s %s/%s: %s" % (r.target, r.bundle, r.variant, r.error or r.status) for r in these]
     return "\n".join(lines + notes) + "\n"
 
 

@@ -222,10 +222,18 @@ def test_a_fp16_variant_is_skipped_on_a_cpu_only_board_with_the_reason(scored_bu
 
     bundle = tools.rewrite_bundle(scored_bundle, str(tmp_path / "fp16"), edit_manifest=add_fp16)
     run = tools.run(tools.quick("bench", bundle))
-    assert run.rc == 1
+    # Skipped by design is not a failure: exit 0, result ok, the reason said once (the run's error).
+    assert run.rc == 0, run.stderr
     fp16 = run.run_of("fp16")
     assert fp16["status"] == "skipped" and fp16["error"].startswith("fp16 needs a GPU execution provider")
     assert [r["status"] for r in run.result["runs"]] == ["ok", "ok", "skipped"]
+    assert run.result["ok"] is True and run.result["errors"] == []
+    assert not any("fp16 needs a GPU" in w for w in run.result["warnings"])
+    assert run.stderr.count("fp16 needs a GPU") == 1  # the run event only
+    # Only the skipped variant asked for: nothing was measured, and that is a failure that says so.
+    alone = tools.run(tools.quick("bench", bundle, "--variant", "fp16"))
+    assert alone.rc == 1 and alone.result["ok"] is False
+    assert alone.result["errors"] == ["no variant ran here: every one was skipped (each run's error says why)"]
 
 
 def test_asking_for_tensorrt_where_there_is_none_says_so(scored_bundle, tools):
