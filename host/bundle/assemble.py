@@ -37,6 +37,9 @@ class BuildResult:
 
     def summary_rows(self) -> List[Dict[str, Any]]:
         """One row per variant: name, size, parity, host mAP (for the closing table)."""
+        from edgekit.host.report.map_loss import loss_flags
+
+        flags = loss_flags(self.manifest["variants"])
         rows = []
         for v in self.manifest["variants"]:
             size = self.manifest["files"][v["file"]]["size"]
@@ -53,6 +56,8 @@ class BuildResult:
                     "map50": metrics.get("map50"),
                     # What ONNX Runtime runs in float once it has fused the QDQ graph (head, left-over convs, ...).
                     "float_nodes": ((v.get("quantization") or {}).get("runtime_float") or {}).get("float_nodes", 0),
+                    # Lost too much mAP against the unpruned fp32 (edgekit.host.report.map_loss): the warning, else None.
+                    "flag": flags.get(v["name"]),
                 }
             )
         return rows
@@ -63,7 +68,7 @@ def _utc_now() -> str:
 
 
 def _model_name(ref: str) -> str:
-    return "demo" if ref == "demo" else _stem(ref)
+    return ref if ref in ("demo", "demo-v8") else _stem(ref)
 
 
 def _count_params(module: Any) -> Optional[int]:
@@ -289,6 +294,17 @@ class _Build(object):
         if fp16_parity is None:
             entry["notes"].append("fp16 graph not run on the host: its ONNX Runtime has no fp16 kernels for it")
 
+    def accuracy_control(self) -> Any:
+        """mAP-controlled int8 (edgekit.host.quantize.AccuracyControl) when ``max_map_drop`` is set and there is an eval set."""
+        limit = getattr(self.options, "max_map_drop", None)
+        if limit is None or float(limit) <= 0 or self.eval_block is None:
+            return None
+        from edgekit.host.quantize import AccuracyControl
+
+        images, annotations = self.writer.path(self.eval_block["images"]), self.writer.path(self.eval_block["annotations"])
+        pre, post = self.source.preprocess, self.source.postprocess
+        return AccuracyControl(lambda path: evaluate_onnx(path, images, annotations, pre, post)["map"], max_drop_points=float(limit))
+
     def build_int8(self, ratio: float, model: Any, fp32_path: str, fp32_rel: Optional[str]) -> None:
         from edgekit.host.quantize import quantize_int8
 
@@ -306,6 +322,7 @@ class _Build(object):
                 layout=self.source.postprocess.layout,
                 workdir=self.tmp,
                 warn=self.r.warn,
+                accuracy=self.accuracy_control(),
             )
             info["detail"] = result.summary()
         calibration = result.calibration_dict()
@@ -347,6 +364,11 @@ class _Build(object):
                     info["detail"] = "mAP %.3f, mAP50 %.3f on %d images" % (stats["map"], stats["map50"], stats["images"])
                 done[v["file"]] = stats
             v["host_metrics"] = dict(done[v["file"]], runtime="onnxruntime-cpu")
+        # A variant far below the unpruned fp32 is flagged with its likely cause (build.warnings).
+        from edgekit.host.report.map_loss import loss_flags
+
+        for message in loss_flags(self.variants).values():
+            self.r.warn(message)
 
     def manifest(self) -> Dict[str, Any]:
         """The manifest, written through the contract's record (files are added by the writer)."""

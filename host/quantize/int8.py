@@ -52,6 +52,28 @@ MAX_FLOAT_FRACTION = 0.25
 TRT_CACHE_ALGORITHM = "EntropyCalibration2"
 
 
+# mAP-controlled fallback (AccuracyControl): rounds of returning layers to float.
+MAP_ROUNDS = 4
+
+
+@dataclasses.dataclass
+class AccuracyControl:
+    """Return layers to float while int8 loses more than ``max_drop_points`` of mAP against fp32.
+
+    ``evaluate`` gives the mAP (0-1) of an ONNX file on the evaluation set (the
+    build passes host-side pycocotools evaluation on the bundle's eval set).
+    Layers go back to float in the order of their own quantization error
+    (edgekit.host.quantize.layer_sqnr), 1, 2, 4, ... a round, at most
+    ``max_rounds`` rounds and the mixed-precision cap (MAX_FLOAT_FRACTION);
+    the decision to go on is by mAP. The round with the best mAP is kept.
+    """
+
+    evaluate: Callable[[str], float]
+    max_drop_points: float = 1.0
+    max_rounds: int = MAP_ROUNDS
+    reference_map: Optional[float] = None  # fp32 mAP; evaluated on the fp32 graph when None
+
+
 @dataclasses.dataclass
 class QuantResult:
     path: str
@@ -69,6 +91,9 @@ class QuantResult:
     trt_cache: Optional[str]  # the cache text, when the profile asks for one
     # What ONNX Runtime runs in float after fusing the QDQ graph (runtime_graph.runtime_summary).
     runtime: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The mAP-controlled loop's record (None when it did not run).
+    accuracy: Optional[Dict[str, Any]] = None
+    tool: str = "onnxruntime"  # or "modelopt" (edgekit.host.quantize.modelopt_ptq)
 
     def runtime_float_nodes(self) -> int:
         return int(self.runtime.get("float_nodes", 0))
@@ -98,7 +123,11 @@ class QuantResult:
         d = self.scheme.to_dict()
         d.update(
             {
-                "tool": "onnxruntime.quantization (static QDQ after quant_pre_process)",
+                "tool": (
+                    "onnxruntime.quantization (static QDQ after quant_pre_process)"
+                    if self.tool == "onnxruntime"
+                    else "nvidia-modelopt (modelopt.onnx.quantization, int8, CPU calibration, after quant_pre_process)"
+                ),
                 "head_float": {"nodes": list(self.head_float), "reason": "detection decode tail: boxes and scores share one tensor"},
                 "float_nodes": list(self.float_units),
                 "sqnr_db": dict(self.sqnr_db),
@@ -107,6 +136,7 @@ class QuantResult:
                 "shared_scale_tensors": self.shared_scale_tensors,
                 "residual_skip_qdq": self.residual_skips,
                 "runtime_float": {k: v for k, v in self.runtime.items()},
+                "accuracy_control": self.accuracy,
             }
         )
         return d
@@ -249,6 +279,11 @@ def _per_channel_possible(model: onnx.ModelProto, profile_name: str, warn: Calla
     return False
 
 
+def _outputs_of(model: onnx.ModelProto, names: Sequence[str]) -> List[str]:
+    wanted = set(names)
+    return [t for n in model.graph.node if n.name in wanted for t in n.output]
+
+
 def _head(model: onnx.ModelProto, pre_path: str, scheme: Scheme, keep_float: bool) -> Tuple[List[str], List[str]]:
     """(decode-tail nodes kept float, head maps whose Q/DQ is removed); may split the head convs in ``pre_path``."""
     if not keep_float:
@@ -260,11 +295,14 @@ def _head(model: onnx.ModelProto, pre_path: str, scheme: Scheme, keep_float: boo
     if head_maps and scheme.split_head:
         # ... unless the head convs are split into box and score parts, each
         # with its own int8 scale: then they run as QLinearConv.
-        parts = split_head_convs(model, head_maps)
-        if parts:
+        split = split_head_convs(model, head_maps)
+        if split.parts:
             onnx.save(model, pre_path)
-            head = decode_tail(model)
-            head_maps = [t for t in tail_inputs(model, head) if t not in parts]
+            # The split's Reshape/Transpose (data movement) and the score
+            # Sigmoid run int8; the box Sigmoid and what follows stay float.
+            int8_tail = set(split.int8_tail)
+            head = [n for n in decode_tail(model) if n not in int8_tail]
+            head_maps = [t for t in tail_inputs(model, head) if t not in split.parts and t not in _outputs_of(model, int8_tail)]
     return head, head_maps
 
 
@@ -287,7 +325,11 @@ def _prepare(
     calib_ops = [] if q.trt_calibration_cache and implicit_int8(profile.tensorrt.version) else quantized_ops
     count = min(images, len(calib))
     ranges = calibrate(pre_path, calib, input_name, method, calib_ops, count, q.percentile, symmetric=scheme.activation_symmetric)
-    shared = unify_ranges(ranges, shared_scale_groups(model, exclude=head)) if scheme.share_concat_scales else 0
+    # ONNX Runtime gives a Resize's output its input's scale; on the CPU schemes
+    # the Resize joins its Concat's group so QLinearConcat copies every input.
+    same_scale_ops = ("Concat", "MaxPool") if scheme.name == "tensorrt" else ("Concat", "MaxPool", "Resize")
+    groups = shared_scale_groups(model, exclude=head, same_scale_ops=same_scale_ops)
+    shared = unify_ranges(ranges, groups) if scheme.share_concat_scales else 0
     ranges_path = os.path.join(work, "ranges.json")
     save_tensors_data(ranges, ranges_path)
     check_inputs = [calib.tensor(i) for i in range(min(check_images, len(calib)))]
@@ -337,6 +379,94 @@ def _next_batch(ranking: List[Unit], float_units: List[Unit], excluded: List[str
     return batch
 
 
+def _ranking(prep: _Prepared) -> List[Unit]:
+    """Quantizable layers, worst own quantization error first (from the current trial's scales)."""
+    params = qdq_tensors(onnx.load(prep.trial))
+    acts = _float_activations(prep.pre_path, list(params), prep.check_inputs[:RANK_IMAGES], prep.work)
+    return rank_units(prep.model, acts, params, prep.scheme.activation == "int8", prep.scheme.per_channel, list(prep.head), prep.quantized_ops)
+
+
+def _float_budget(prep: _Prepared) -> int:
+    quantizable = sum(1 for n in prep.model.graph.node if n.op_type in prep.quantized_ops and n.name not in prep.head)
+    return max(1, int(MAX_FLOAT_FRACTION * quantizable))
+
+
+def _accuracy_control(
+    prep: _Prepared, trial: _Trial, float_units: List[Unit], control: AccuracyControl, fp32_path: str, layout: str, warn: Callable[[str], None]
+) -> Tuple[_Trial, List[Unit], Dict[str, Any]]:
+    """While mAP drops more than allowed, try the next-worst layers in float (bounded rounds).
+
+    A round's layers stay float only if they raise the mAP; otherwise they go
+    back to int8 and the next candidates are tried. The graph kept is the
+    best one measured.
+    """
+    reference = control.reference_map if control.reference_map is not None else float(control.evaluate(fp32_path))
+    excluded = list(dict.fromkeys(list(prep.head) + [n for u in float_units for n in u.nodes]))
+    best_map = float(control.evaluate(prep.trial))
+
+    def drop(m: float) -> float:
+        return round((reference - m) * 100.0, 3)
+
+    rounds: List[Dict[str, Any]] = [{"round": 0, "float_nodes": len(excluded) - len(prep.head), "map": round(best_map, 4), "drop_points": drop(best_map), "added": [], "kept": True}]
+    record: Dict[str, Any] = {
+        "max_drop_points": control.max_drop_points,
+        "max_rounds": control.max_rounds,
+        "fp32_map": round(reference, 4),
+        "rounds": rounds,
+        "ranking": "each layer's own quantization error (layer_sqnr), worst first; a round is kept only if it raises the mAP",
+    }
+    best = trial
+    stopped = "met" if drop(best_map) <= control.max_drop_points else ""
+    if not stopped:
+        ranking = _ranking(prep)
+        budget = _float_budget(prep)
+        rejected: List[Unit] = []
+        rejected_nodes: List[str] = []
+        take = 1
+        for k in range(1, control.max_rounds + 1):
+            batch = _next_batch(ranking, float_units + rejected, excluded + rejected_nodes, take, budget - (len(excluded) - len(prep.head)))
+            if not batch:
+                stopped = "no layer left within the float cap (%d nodes, %d%% of the quantizable ones)" % (budget, int(MAX_FLOAT_FRACTION * 100))
+                break
+            added = [Unit(u.nodes, u.sqnr, "mAP control round %d: %s" % (k, u.reason)) for u in batch]
+            candidate = excluded + [n for u in batch for n in u.nodes if n not in excluded]
+            attempt = _attempt(prep, candidate, layout)
+            value = float(control.evaluate(prep.trial))
+            kept = value > best_map
+            rounds.append(
+                {
+                    "round": k,
+                    "float_nodes": len(candidate) - len(prep.head),
+                    "map": round(value, 4),
+                    "drop_points": drop(value),
+                    "added": [{"nodes": u.nodes, "reason": u.reason} for u in added],
+                    "kept": kept,
+                }
+            )
+            if kept:
+                best_map, best, excluded = value, attempt, candidate
+                float_units = float_units + added
+            else:
+                rejected += batch
+                rejected_nodes += [n for u in batch for n in u.nodes]
+            if drop(best_map) <= control.max_drop_points:
+                stopped = "met"
+                break
+            take *= 2
+        else:
+            stopped = "round limit (%d)" % control.max_rounds
+        if not rounds[-1]["kept"]:  # the trial file holds a rejected round: rebuild the best one
+            best = _attempt(prep, excluded, layout)
+    record.update({"met": drop(best_map) <= control.max_drop_points, "stopped": stopped, "map": round(best_map, 4), "drop_points": drop(best_map)})
+    record["kept_float"] = [{"nodes": u.nodes, "reason": u.reason} for u in float_units if u.reason.startswith("mAP control")]
+    if not record["met"]:
+        warn(
+            "int8 mAP %.3f is %.2f points below fp32 %.3f, more than the %.2f allowed, after %d round(s) of trying layers in float (%s; %d kept float)"
+            % (best_map, drop(best_map), reference, control.max_drop_points, len(rounds) - 1, stopped, len(record["kept_float"]))
+        )
+    return best, float_units, record
+
+
 def _mixed_precision(
     prep: _Prepared, first: _Trial, layout: str, target_db: float, max_rounds: int, warn: Callable[[str], None]
 ) -> Tuple[_Trial, List[Unit], List[Dict[str, Any]]]:
@@ -346,12 +476,9 @@ def _mixed_precision(
     history = [{"float_nodes": 0, "sqnr_db": trial.sqnr}]
     if target_db <= 0 or min(trial.sqnr.values()) >= target_db:
         return trial, float_units, history
-    params = qdq_tensors(onnx.load(prep.trial))
-    acts = _float_activations(prep.pre_path, list(params), prep.check_inputs[:RANK_IMAGES], prep.work)
     excluded = list(prep.head)
-    ranking = rank_units(prep.model, acts, params, prep.scheme.activation == "int8", prep.scheme.per_channel, excluded, prep.quantized_ops)
-    quantizable = sum(1 for n in prep.model.graph.node if n.op_type in prep.quantized_ops and n.name not in prep.head)
-    budget = max(1, int(MAX_FLOAT_FRACTION * quantizable))
+    ranking = _ranking(prep)
+    budget = _float_budget(prep)
     take = 1
     for _ in range(max_rounds):
         batch = _next_batch(ranking, float_units, excluded, take, budget - (len(excluded) - len(prep.head)))
@@ -395,13 +522,31 @@ def quantize_int8(
     warn: Callable[[str], None] = lambda message: None,
     check_images: int = CHECK_IMAGES,
     max_rounds: int = MAX_ROUNDS,
+    accuracy: Optional[AccuracyControl] = None,
+    tool: Optional[str] = None,
 ) -> QuantResult:
-    """Write the INT8 QDQ model of ``fp32_path`` to ``out_path`` per the profile."""
+    """Write the INT8 QDQ model of ``fp32_path`` to ``out_path`` per the profile.
+
+    ``tool``: "onnxruntime" (default) or "modelopt" (TensorRT scheme only;
+    default from the ``EDGEKIT_INT8_TOOL`` environment variable).
+    """
+    from .modelopt_ptq import check_tool, quantize_with_modelopt
+
+    tool = tool or os.environ.get("EDGEKIT_INT8_TOOL") or "onnxruntime"
+    check_tool(tool, profile.quantization.scheme)
     if calib is None or not len(calib):
         raise EdgekitError("int8 needs calibration images", "pass a folder of representative images with --calib")
     prep = _prepare(fp32_path, out_path, calib, profile, method, images, workdir, check_images, warn)
-    first = _attempt(prep, prep.head, layout)
-    trial, float_units, history = _mixed_precision(prep, first, layout, snr_target_db, max_rounds, warn)
+    if tool == "modelopt":
+        quantize_with_modelopt(prep.pre_path, prep.trial, [calib.tensor(i) for i in range(prep.images)], method, prep.head)
+        first = _Trial(output_sqnr(prep.reference, _run(prep.trial, prep.check_inputs), layout), [])
+        trial, float_units, history = first, [], [{"float_nodes": 0, "sqnr_db": first.sqnr}]
+    else:
+        first = _attempt(prep, prep.head, layout)
+        trial, float_units, history = _mixed_precision(prep, first, layout, snr_target_db, max_rounds, warn)
+    accuracy_record = None
+    if accuracy is not None and tool == "onnxruntime":
+        trial, float_units, accuracy_record = _accuracy_control(prep, trial, float_units, accuracy, fp32_path, layout, warn)
     violations = tensorrt_violations(onnx.load(prep.trial)) if prep.scheme.name == "tensorrt" else []
     if violations:
         raise EdgekitError(
@@ -424,4 +569,6 @@ def quantize_int8(
         residual_skips=len(trial.skips),
         trt_cache=_trt_cache(profile, prep.ranges, fp32_path, warn),
         runtime=runtime_summary(out_path),
+        accuracy=accuracy_record,
+        tool=tool,
     )

@@ -69,9 +69,13 @@ class Scheme:
 
 def scheme_for(name: str, per_channel: bool = True) -> Scheme:
     if name == "u8s8":
-        return Scheme("u8s8", "uint8", "int8", False, per_channel, (), (), False, False, split_head=True)
+        # Concat inputs and output share one scale here too: ONNX Runtime's
+        # QLinearConcat then copies bytes instead of requantizing each input
+        # (measured: QLinearConcat 0.31 -> 0.17 ms on the demo, 1.8 -> 0.9 ms
+        # on the yolov5s-size model; demo mAP 0.7496 -> 0.7480).
+        return Scheme("u8s8", "uint8", "int8", False, per_channel, (), (), True, False, split_head=True)
     if name == "s8s8":
-        return Scheme("s8s8", "int8", "int8", False, per_channel, (), (), False, False, split_head=True)
+        return Scheme("s8s8", "int8", "int8", False, per_channel, (), (), True, False, split_head=True)
     if name == "tensorrt":
         return Scheme("tensorrt", "int8", "int8", True, per_channel, TRT_OP_TYPES, ("Conv", "ConvTranspose", "Gemm", "MatMul"), True, True)
     raise ValueError("unknown quantization scheme %r" % name)

@@ -286,8 +286,13 @@ def test_frontier_plot_names_the_front_and_keeps_labels_apart(tmp_path):
     # Distinct colour per bundle.
     colours = {tuple(c.get_facecolor()[0]) for c in ax.collections}
     assert len(colours) == 2
+    from matplotlib.text import Text
+
     renderer = fig.canvas.get_renderer()
-    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    for t in ax.texts:
+        t.update_positions(renderer)
+    # The labels' text boxes (an annotation's own extent also spans its leader line).
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]
     assert len(boxes) == 5
     overlaps = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
     assert overlaps == []
