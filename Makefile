@@ -9,6 +9,13 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# Ultralytics, for the YOLOv8/YOLO11 pruning tests only (edgekit does not need
+# it): installed without its dependencies, plus the two its model definitions
+# import (cv2, yaml); the constraint keeps pip from ever replacing torch.
+# torchvision, which it also imports, has no build for this torch here: the
+# tests put a stand-in on the path (tests/ultralytics_shim). ULTRALYTICS_SPEC=
+# (empty) skips it.
+ULTRALYTICS_SPEC ?= ultralytics==8.4.190 opencv-python-headless==5.1.0.95 pyyaml==6.0.4
 
 .PHONY: venv demo test clean
 
@@ -16,6 +23,7 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[host,device,dev]'
+	$(if $(ULTRALYTICS_SPEC),echo '$(TORCH_SPEC)' > $(VENV)/torch-constraint.txt && $(BIN)/python -m pip install -q --no-deps -c $(VENV)/torch-constraint.txt $(ULTRALYTICS_SPEC))
 	touch $@
 
 venv: $(VENV)/.installed

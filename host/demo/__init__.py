@@ -1,4 +1,9 @@
-"""edgekit's built-in demo: a small YOLOv5-style detector, its data and its weights.
+"""edgekit's built-in demos: two small detectors, their data and their weights.
+
+``demo`` is YOLOv5-style (anchor-based, output layout ``yolov5``); ``demo-v8``
+is YOLOv8-style (C2f blocks with a real ``chunk``, anchor-free decoupled head,
+output layout ``yolov8``). Both train on the same data; functions take the
+name (default ``demo``).
 
 Everything a pipeline step needs to work on something real without a download::
 
@@ -21,10 +26,15 @@ from .data import DEFAULT_SEED, GENERATOR_VERSION, DemoData, default_cache_dir, 
 from .shapes import CATEGORY_IDS, CLASS_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
     from .model import DemoDetector
 
 __all__ = [
     "INPUT_SIZE",
+    "DEMO_MODELS",
+    "is_demo",
+    "WEIGHTS_PATH_V8",
     "CLASS_NAMES",
     "CATEGORY_IDS",
     "WEIGHTS_PATH",
@@ -43,28 +53,46 @@ __all__ = [
 # (height, width) of the network input the shipped weights were trained at.
 INPUT_SIZE: Tuple[int, int] = (320, 320)
 WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_detector.pt")
+WEIGHTS_PATH_V8 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_detector_v8.pt")
+# The built-in models ``--model`` accepts by name: name -> (output layout, shipped weights).
+DEMO_MODELS: Dict[str, Tuple[str, str]] = {"demo": ("yolov5", WEIGHTS_PATH), "demo-v8": ("yolov8", WEIGHTS_PATH_V8)}
 
 
-def build_demo_model() -> "DemoDetector":
-    """The demo architecture with fresh (untrained) weights, in train mode."""
+def is_demo(ref: object) -> bool:
+    """Whether ``ref`` (a ``--model`` value) names a built-in demo model."""
+    return isinstance(ref, str) and ref in DEMO_MODELS
+
+
+def _check_name(name: str) -> None:
+    if not is_demo(name):
+        raise EdgekitError("unknown demo model %r" % (name,), "use one of: %s" % ", ".join(DEMO_MODELS))
+
+
+def build_demo_model(name: str = "demo") -> "nn.Module":
+    """The demo architecture ``name`` with fresh (untrained) weights, in train mode."""
+    _check_name(name)
+    if name == "demo-v8":
+        from .model_v8 import DemoDetectorV8
+
+        return DemoDetectorV8(num_classes=len(CLASS_NAMES))
     from .model import DemoDetector
 
     return DemoDetector(num_classes=len(CLASS_NAMES))
 
 
-def load_demo_model(pretrained: bool = True, weights: Optional[str] = None) -> "DemoDetector":
-    """The demo detector in eval mode, float32; ``pretrained`` loads the shipped weights.
+def load_demo_model(pretrained: bool = True, weights: Optional[str] = None, name: str = "demo") -> "nn.Module":
+    """The demo detector ``name`` in eval mode, float32; ``pretrained`` loads the shipped weights.
 
     ``weights`` overrides the shipped file: a checkpoint from ``edgekit demo train``, or a
     pruned model from ``edgekit prune --model demo``.
     """
     import torch
 
-    model = build_demo_model()
+    model = build_demo_model(name)
     if pretrained:
-        path = weights or WEIGHTS_PATH
+        path = weights or DEMO_MODELS[name][1]
         if not os.path.isfile(path):
-            fix = "check the path, or leave it out to use the shipped weights" if weights else "reinstall edgekit, or train them with `edgekit demo train`"
+            fix = "check the path, or leave it out to use the shipped weights" if weights else "reinstall edgekit, or train them with `edgekit demo train%s`" % ("" if name == "demo" else " --model " + name)
             raise EdgekitError("demo weights %s are missing" % path, fix)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -94,14 +122,19 @@ def preprocess_spec() -> PreprocessSpec:
     return PreprocessSpec(size=INPUT_SIZE, resize="letterbox", pad_value=114, color="RGB", scale=1.0 / 255.0, layout="NCHW")
 
 
-def postprocess_spec() -> PostprocessSpec:
-    """YOLOv5 export layout with the demo's class names and COCO category ids (mAP settings)."""
-    return PostprocessSpec(layout="yolov5", score_threshold=0.001, iou_threshold=0.6, max_detections=300, class_names=CLASS_NAMES, category_ids=CATEGORY_IDS)
+def postprocess_spec(name: str = "demo") -> PostprocessSpec:
+    """The demo's export layout (yolov5, or yolov8 for demo-v8) with its class names and COCO category ids (mAP settings)."""
+    _check_name(name)
+    return PostprocessSpec(layout=DEMO_MODELS[name][0], score_threshold=0.001, iou_threshold=0.6, max_detections=300, class_names=CLASS_NAMES, category_ids=CATEGORY_IDS)
 
 
-def evaluate_torch(model: "DemoDetector", data: DemoData, limit: Optional[int] = None) -> Dict[str, float]:
-    """Plain PyTorch evaluation on the validation split -> the 12 COCO stats by name."""
+def evaluate_torch(model: "nn.Module", data: DemoData, limit: Optional[int] = None) -> Dict[str, float]:
+    """Plain PyTorch evaluation on the validation split -> the 12 COCO stats by name.
+
+    The output layout is the model's own (``output_layout``: yolov8 for demo-v8, else yolov5).
+    """
     from .evaluate import evaluate_coco_torch
 
-    return evaluate_coco_torch(model, data.val_images_dir, data.val_annotations, preprocess_spec(), postprocess_spec(), limit=limit)
+    name = "demo-v8" if getattr(model, "output_layout", "yolov5") == "yolov8" else "demo"
+    return evaluate_coco_torch(model, data.val_images_dir, data.val_annotations, preprocess_spec(), postprocess_spec(name), limit=limit)
 

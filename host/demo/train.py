@@ -30,6 +30,8 @@ from edgekit.contract.errors import EdgekitError
 
 # Passes over the training split for the shipped weights (see docs/demo.md for the time it takes).
 DEFAULT_EPOCHS = 6.0
+# The same for demo-v8 (``--model demo-v8``): what its shipped weights were trained with.
+DEFAULT_EPOCHS_V8 = 3.5
 
 
 class LetterboxedSet(object):
@@ -115,8 +117,12 @@ def train_detector(
     bf16: bool = True,
     log: Optional[Callable[[str], None]] = None,
     on_epoch: Optional[Callable[[int, nn.Module], None]] = None,
+    loss_fn: Optional[Callable[..., Tuple[torch.Tensor, Dict[str, float]]]] = None,
 ) -> nn.Module:
     """Train ``model`` (YOLOv5 ``detect`` head) in place; returns the EMA copy, in eval mode.
+
+    ``loss_fn(preds, targets) -> (loss, parts)`` replaces YOLOv5's loss (the
+    anchor-free demo-v8 passes its own, :mod:`edgekit.host.demo.loss_v8`).
 
     ``epochs`` may be fractional; the learning rate warms up linearly, then
     follows a cosine to 1% of ``lr``.
@@ -133,7 +139,8 @@ def train_detector(
     image_size = max(train_set.images.shape[2:])
     model.train()
     model.to(memory_format=torch.channels_last)
-    loss_fn = YoloLoss(model.detect, image_size=image_size)  # type: ignore[arg-type]
+    if loss_fn is None:
+        loss_fn = YoloLoss(model.detect, image_size=image_size)  # type: ignore[arg-type]
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.937, 0.999))
     ema = ModelEMA(model)
     use_bf16 = bf16 and _bf16_fast()
@@ -213,8 +220,9 @@ def train_demo(
     limit: Optional[int] = None,
     bf16: bool = True,
     log: Callable[[str], None] = print,
+    model_name: str = "demo",
 ) -> Dict[str, float]:
-    """Generate the data if needed, train from scratch, save fp16 weights to ``out``; returns val mAP stats."""
+    """Generate the data if needed, train ``model_name`` from scratch, save fp16 weights to ``out``; returns val mAP stats."""
     from . import CATEGORY_IDS, build_demo_model, demo_data, evaluate_torch, load_demo_model, preprocess_spec
 
     torch.set_num_threads(threads)
@@ -225,19 +233,24 @@ def train_demo(
     train_set = LetterboxedSet(data.train_images_dir or "", data.train_annotations or "", preprocess_spec(), CATEGORY_IDS, limit=limit)
     log("letterboxed %d training images in %.0fs" % (len(train_set), time.time() - t1))
     torch.manual_seed(seed)
-    model = build_demo_model()
+    model = build_demo_model(model_name)
     model.detect.initialize_biases(max(preprocess_spec().size))
+    loss_fn = None
+    if model_name == "demo-v8":
+        from .loss_v8 import AnchorFreeLoss
+
+        loss_fn = AnchorFreeLoss(model.detect)
 
     def report(epoch: int, ema_model: nn.Module) -> None:
         stats = evaluate_torch(ema_model, data, limit=100)
         log("epoch %d: val[:100] mAP@0.5:0.95 %.3f  mAP@0.5 %.3f" % (epoch, stats["map"], stats["map50"]))
 
     t2 = time.time()
-    trained = train_detector(model, train_set, epochs, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, log=log, on_epoch=report)
+    trained = train_detector(model, train_set, epochs, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, log=log, on_epoch=report, loss_fn=loss_fn)
     log("trained in %.0fs" % (time.time() - t2))
     save_weights(trained, out)
     # Score what was shipped: the fp16 file loaded back, exactly as users get it.
-    stats = evaluate_torch(load_demo_model(weights=out), data)
+    stats = evaluate_torch(load_demo_model(weights=out, name=model_name), data)
     log("saved %s (%.1f MB); val (%d images) mAP@0.5:0.95 = %.3f, mAP@0.5 = %.3f; total %.0fs"
         % (out, os.path.getsize(out) / 1e6, _count_images(data.val_annotations), stats["map"], stats["map50"], time.time() - t0))
     return stats
@@ -248,11 +261,12 @@ def _count_images(annotations: str) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from . import WEIGHTS_PATH
+    from . import DEMO_MODELS
 
     parser = argparse.ArgumentParser(prog="python -m edgekit.host.demo.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=WEIGHTS_PATH, help="where to write the weights (default: the shipped file)")
-    parser.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS)
+    parser.add_argument("--model", default="demo", choices=sorted(DEMO_MODELS), help="which demo detector to train")
+    parser.add_argument("--out", default=None, help="where to write the weights (default: that model's shipped file)")
+    parser.add_argument("--epochs", type=float, default=None, help="default: %s (demo), %s (demo-v8)" % (DEFAULT_EPOCHS, DEFAULT_EPOCHS_V8))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -266,7 +280,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(msg, flush=True)
 
     try:
-        train_demo(args.out, args.epochs, args.cache_dir, args.batch_size, args.lr, args.seed, args.threads, args.limit, not args.no_bf16, log)
+        out = args.out or DEMO_MODELS[args.model][1]
+        epochs = args.epochs if args.epochs is not None else (DEFAULT_EPOCHS_V8 if args.model == "demo-v8" else DEFAULT_EPOCHS)
+        train_demo(out, epochs, args.cache_dir, args.batch_size, args.lr, args.seed, args.threads, args.limit, not args.no_bf16, log, args.model)
     except EdgekitError as exc:
         print("error: %s" % exc.one_line(), file=sys.stderr)
         return exc.exit_code

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgekit.contract.errors import EdgekitError
+from .param_errors import ParameterError
 
 PRUNED_FORMAT = "edgekit-pruned/1"
 # Size attributes, per layer type, that pruning changes.
@@ -58,7 +59,7 @@ def save_pruned(model: nn.Module, path: str, info: Optional[Dict[str, Any]] = No
         torch.save(data, tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        raise EdgekitError("cannot write %s (%s)" % (path, exc.strerror), "choose a writable --out path")
+        raise ParameterError("cannot write %s (%s)" % (path, exc.strerror), "choose a writable {path}")
     return path
 
 
@@ -69,11 +70,14 @@ def is_pruned_checkpoint(data: Any) -> bool:
 def load_pruned_state(model: nn.Module, data: Dict[str, Any], where: str = "the pruned checkpoint") -> nn.Module:
     """Resize ``model``'s layers to the saved sizes, then load the saved weights (in place; returns it)."""
     state = data["state_dict"]
+    from .rewrites import restore_structure  # blocks rewritten before pruning (chunk/split layers, attention)
+
+    restore_structure(model, list(data.get("shapes", {})) + list(state))
     for name, attrs in data.get("shapes", {}).items():
         try:
             m = model.get_submodule(name)
         except AttributeError:
-            raise EdgekitError("%s does not fit this model: it has no layer '%s'" % (where, name), "pass the same --model the pruned file was made from")
+            raise EdgekitError("%s does not fit this model: it has no layer '%s'" % (where, name), "load it into the model definition it was pruned from")
         for key, value in attrs.items():
             setattr(m, key, tuple(value) if isinstance(value, list) else value)
         for pname, p in list(m.named_parameters(recurse=False)):
@@ -88,5 +92,5 @@ def load_pruned_state(model: nn.Module, data: Dict[str, Any], where: str = "the 
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = " ".join(str(exc).split())[:240]
-        raise EdgekitError("%s does not fit this model (%s)" % (where, first), "pass the same --model the pruned file was made from")
+        raise EdgekitError("%s does not fit this model (%s)" % (where, first), "load it into the model definition it was pruned from")
     return model

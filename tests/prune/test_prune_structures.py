@@ -117,17 +117,22 @@ def test_unaligned_layers_are_cut_down_and_impossible_ones_reported(zoo):
     assert {r.name: r.aligned for r in report.layers} == {"a.0": True, "b.0": True, "c.0": False, "d.0": False, "out": True}
 
 
-def test_chunk_is_refused_naming_the_block_and_ignore_makes_it_safe(zoo):
+def test_chunk_is_rewritten_into_one_conv_per_piece_and_ignore_still_keeps_it(zoo):
+    # It used to be refused; now the layer whose output is chunked becomes one
+    # layer per piece (edgekit.host.prune.rewrites), checked equal first.
     model = zoo.SplitNet().eval()
     x = torch.randn(1, 3, 32, 32)
-    with pytest.raises(EdgekitError) as info:
-        prune_model(model, x, PruneConfig(ratio=0.5))
-    text = str(info.value)
-    assert "block 'block' (C2f)" in text and "'block.cv1.0'" in text and "--ignore" in text
-    result = prune_model(model, x, PruneConfig(ratio=0.5, ignore=["block.cv1.0"]))
-    assert result.report.ok
+    result = prune_model(model, x, PruneConfig(ratio=0.5))
+    report = result.report
+    assert report.ok and report.excluded == []
+    assert type(result.model.block).__name__ == "C2f"  # the user's block class and its forward, unchanged
+    rows = {r.name: r for r in report.layers}
+    assert (rows["block.cv1.pieces.0.0"].out_before, rows["block.cv1.pieces.0.0"].out_after) == (16, 8)
+    assert (rows["block.cv1.pieces.1.0"].out_before, rows["block.cv1.pieces.1.0"].out_after) == (16, 8)
+    assert any("1 layer(s) whose output is cut with chunk/split became one layer per piece (block.cv1)" in n for n in report.notes)
+    result = prune_model(model, x, PruneConfig(ratio=0.5, ignore=["block.cv1"]))
     rows = {r.name: r for r in result.report.layers}
-    assert rows["block.cv1.0"].fixed.startswith("ignored by --ignore") and rows["block.cv1.0"].out_after == 32
+    assert result.report.ok and rows["block.cv1.pieces.0.0"].fixed.startswith("ignored by --ignore") and rows["block.cv1.pieces.0.0"].out_after == 16
 
 
 def test_ignore_patterns(zoo):
