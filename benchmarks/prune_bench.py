@@ -33,6 +33,7 @@ def _print_progress(event) -> None:
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="demo", choices=["demo", "demo-v8"], help="which built-in demo detector")
     p.add_argument("--target-macs", type=float, default=0.5, help="fraction of MACs to remove")
     p.add_argument("--strategies", default="uniform,global,sensitivity", help="comma-separated: uniform, global, sensitivity")
     p.add_argument("--criterion", default="l1", choices=["l1", "bn"])
@@ -53,6 +54,15 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=10, help="timing rounds (each times every model)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per model per round")
     p.add_argument("--json", default=None, help="write the results here too")
+    p.add_argument(
+        "--latency-model",
+        default=None,
+        metavar="REF",
+        help="instead: any --model reference (e.g. a yolov5s train.py checkpoint, random weights) for MACs and latency rows only, no accuracy",
+    )
+    p.add_argument("--code-path", default=None, help="with --latency-model: the model's source tree (e.g. a yolov5 clone)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="with --latency-model: allow unpickling a model checkpoint")
+    p.add_argument("--input-size", type=int, default=640, help="with --latency-model: square input size")
     return p.parse_args(argv)
 
 
@@ -83,13 +93,15 @@ def ort_latency(paths: Dict[str, str], input_size, threads: int, rounds: int, ru
 def main(argv: List[str]) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.torch_threads)
+    if args.latency_model:
+        return latency_rows(args)
     from edgekit.host.demo import demo_data, evaluate_torch, preprocess_spec
     from edgekit.host.export import export_onnx
     from edgekit.host.model.loading import load_model
     from edgekit.host.prune import PruneConfig, prune_model, recover
     from edgekit.host.prune.run import calibration_tensors
 
-    loaded = load_model("demo")
+    loaded = load_model(args.model)
     base = loaded.module
     size = loaded.input_size
     data = demo_data(train=args.recover_images > 0)
@@ -201,6 +213,73 @@ def main(argv: List[str]) -> int:
             torch.__version__,
             os.cpu_count() or 0,
         )
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+    return 0
+
+
+def latency_rows(args: argparse.Namespace) -> int:
+    """MACs and ONNX Runtime latency of a model without labelled data (random weights are fine), pruned per strategy.
+
+    No accuracy: a model with random weights has none (the sensitivity
+    strategy, if listed, ranks groups by output damage on random images).
+        python benchmarks/prune_bench.py --latency-model yolov5s.pt --trust-checkpoint --code-path yolov5 --strategies uniform,global
+    """
+    from edgekit.host.export import export_onnx
+    from edgekit.host.model.loading import load_model
+    from edgekit.host.prune import PruneConfig, prune_model
+    from edgekit.host.prune.metrics import count_macs_params
+
+    loaded = load_model(args.latency_model, trust_checkpoint=args.trust_checkpoint, code_path=args.code_path)
+    size = (args.input_size, args.input_size)
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.rand(1, 3, size[0], size[1], generator=gen) for _ in range(8)]
+    base = loaded.module
+    macs, params = count_macs_params(base, images[0])
+    rows = [{"model": "unpruned", "strategy": "-", "params": params, "macs": macs, "macs_reduction": 0.0, "prune_cpu_s": 0.0, "prune_wall_s": 0.0}]
+    models = {"unpruned": base}
+    for strategy in [s.strip() for s in args.strategies.split(",") if s.strip()]:
+        config = PruneConfig(strategy=strategy, target_macs=args.target_macs, criterion=args.criterion, alignment=args.alignment)
+        t0, w0 = time.process_time(), time.time()
+        result = prune_model(base, images[0], config, calib_images=images, layout=loaded.output_layout)
+        report = result.report
+        assert report.ok, report.problems
+        rows.append(
+            {
+                "model": "%s" % strategy,
+                "strategy": strategy,
+                "params": report.params_after,
+                "macs": report.macs_after,
+                "macs_reduction": report.macs_reduction,
+                "prune_cpu_s": round(time.process_time() - t0, 1),
+                "prune_wall_s": round(time.time() - w0, 1),
+                "excluded": [e["group"] for e in report.excluded],
+            }
+        )
+        models[strategy] = result.model
+        print("%s: pruned in %.0f s CPU, %.1f%% fewer MACs" % (strategy, rows[-1]["prune_cpu_s"], 100 * report.macs_reduction), file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for name, model in models.items():
+            paths[name] = os.path.join(tmp, "%s.onnx" % name)
+            export_onnx(model, size, paths[name], opset=17)
+        latency = ort_latency(paths, size, args.threads, args.rounds, args.runs)
+    header = ("model", "params", "GMACs", "MACs removed", "ORT p50 ms", "p90 ms", "speedup", "prune s (wall/CPU)")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        key = "unpruned" if row["strategy"] == "-" else row["strategy"]
+        row.update(latency[key])
+        row["speedup"] = latency["unpruned"]["p50_ms"] / latency[key]["p50_ms"]
+        print(
+            "| %s %s | %.2fM | %.3f | %.1f%% | %.2f | %.2f | %.2fx | %.0f / %.0f |"
+            % (os.path.basename(args.latency_model), row["model"], row["params"] / 1e6, row["macs"] / 1e9, 100 * row["macs_reduction"], row["p50_ms"], row["p90_ms"], row["speedup"], row["prune_wall_s"], row["prune_cpu_s"])
+        )
+    print(
+        "\ninput %dx%d, target %.0f%% fewer MACs, alignment %d; random weights (latency and MACs only); ONNX Runtime CPU, %d thread(s), %d runs per model; %s, torch %s, %d CPUs, load %s"
+        % (size[0], size[1], 100 * args.target_macs, args.alignment, args.threads, args.rounds * args.runs, platform.processor() or platform.machine(), torch.__version__, os.cpu_count() or 0, open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?")
     )
     if args.json:
         with open(args.json, "w") as f:

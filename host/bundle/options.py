@@ -34,6 +34,7 @@ class BuildOptions:
     prune_options: Optional[dict] = None  # extra PruneConfig fields (criterion, strategy, ...)
     recover_steps: int = 0  # accuracy-recovery steps after pruning (0: none)
     recover_seconds: Optional[float] = None
+    device: str = "auto"  # where recovery trains: auto (CUDA when torch sees a GPU), cpu, cuda
 
 
 @dataclasses.dataclass
@@ -116,6 +117,10 @@ def resolve(options: BuildOptions, model_name: str) -> Plan:
     for exporter in options.exporters:
         if exporter not in EXPORTERS:
             raise EdgekitError("unknown exporter %r" % exporter, "use %s" % " or ".join(EXPORTERS))
+    if any(r > 0 for r in prune) and (options.recover_steps or options.recover_seconds):
+        from ..prune.recovery import resolve_device  # before any work: `cuda` without a GPU fails here
+
+        resolve_device(options.device)
     out = options.out or os.path.join("bundles", "%s-%s" % (model_name, profile.name))
     snr = q.snr_target_db if options.snr_target_db is None else float(options.snr_target_db)
     return Plan(profile, variants, prune, os.path.abspath(out), images, method, snr, options.opset or profile.opset)

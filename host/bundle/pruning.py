@@ -43,7 +43,8 @@ def prune_for_bundle(
             )
 
     result = prune_and_recover(
-        source.module, config, source.input_size, images, layout=source.postprocess.layout, recover_steps=steps, recover_time_s=seconds, on_recover_step=on_step, check=refuse_unusable
+        source.module, config, source.input_size, images, layout=source.postprocess.layout, recover_steps=steps, recover_time_s=seconds, on_recover_step=on_step, check=refuse_unusable,
+        device=getattr(options, "device", "auto"),
     )
     report = result.report
     folder = "reports/%s" % name

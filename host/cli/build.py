@@ -24,13 +24,25 @@ def _parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
     return values[0], values[1]
 
 
+# The pruning library's argument names (ParameterError slots) as this command's flags.
+BUILD_FLAGS = {
+    "recover_steps": "--recover-steps",
+    "recover_time_s": "--recover-seconds",
+    "calib": "--calib",
+    "device": "--device",
+    "ratio": "--prune",
+    "criterion": "--prune-criterion",
+    "strategy": "--prune-strategy",
+}
+
+
 def _fmt(value: Any, pattern: str) -> str:
     return "-" if value is None else pattern % value
 
 
 @click.command("build")
 @click.option("--profile", "profile", default="cpu", show_default=True, help="Target profile: a built-in name or a .toml file.")
-@click.option("--model", default="demo", show_default=True, help="'demo', a PyTorch checkpoint (.pt) or an ONNX file.")
+@click.option("--model", default="demo", show_default=True, help="'demo' or 'demo-v8' (the built-in detectors), a PyTorch checkpoint (.pt) or an ONNX file.")
 @click.option("--weights", default=None, help="Weights for --model (e.g. a retrained demo checkpoint).")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow unpickling a full-model checkpoint (runs code it names).")
 @click.option("--code-path", default=None, metavar="DIR", help="Where a checkpoint's model classes live (e.g. a yolov5 clone).")
@@ -51,6 +63,7 @@ def _fmt(value: Any, pattern: str) -> str:
 @click.option("--prune-strategy", type=click.Choice(["uniform", "global", "sensitivity"]), default=None, help="How --prune spreads the ratio over layers (default uniform).")
 @click.option("--recover-steps", type=int, default=0, show_default=True, help="Distillation steps after pruning (0: none).")
 @click.option("--recover-seconds", type=float, default=None, help="Time budget of the distillation after pruning.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where recovery trains: auto is CUDA when torch sees a GPU, else the CPU.")
 def build(**kw: Any) -> None:
     """Export, check, quantize and bundle a model for a target profile."""
     from rich.console import Console
@@ -80,11 +93,15 @@ def build(**kw: Any) -> None:
         prune_options={k: v for k, v in (("criterion", kw["prune_criterion"]), ("strategy", kw["prune_strategy"])) if v},
         recover_steps=kw["recover_steps"],
         recover_seconds=kw["recover_seconds"],
+        device=kw["device"],
     )
     console = Console(stderr=True, width=120)
     display = ProgressDisplay(console)
+    from edgekit.host.prune.param_errors import reworded
+
     try:
-        result = build_bundle(options, progress=display)
+        with reworded(BUILD_FLAGS):
+            result = build_bundle(options, progress=display)
     finally:
         display.close()
     table = Table(title="bundle %s" % os.path.relpath(result.out_dir), box=None, header_style="bold")
@@ -99,6 +116,7 @@ def build(**kw: Any) -> None:
             _fmt(row["map"], "%.3f"),
             _fmt(row["map50"], "%.3f"),
             str(row["float_nodes"]),
+            style="red" if row.get("flag") else None,  # lost > 10 mAP points (the warning says why)
         )
     Console(width=120).print(table)
     click.echo("built %s in %.1fs%s" % (result.out_dir, result.total_seconds, (", packed " + result.tar_path) if result.tar_path else ""))

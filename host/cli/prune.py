@@ -8,6 +8,24 @@ import click
 from edgekit.contract.errors import EdgekitError
 
 
+DEVICE_CHOICES = ["auto", "cpu", "cuda"]
+# The library's argument names (edgekit.host.prune.param_errors.ParameterError slots) as this command's flags.
+PRUNE_FLAGS = {
+    "recover_steps": "--recover-steps",
+    "recover_time_s": "--recover-seconds",
+    "recover_lr": "--recover-lr",
+    "calib": "--calib",
+    "device": "--device",
+    "out_dir": "--out",
+    "ratio": "--ratio",
+    "target_macs": "--target-macs",
+    "bn_threshold": "--bn-threshold",
+    "criterion": "--criterion",
+    "strategy": "--strategy",
+    "ignore": "--ignore",
+}
+
+
 def _input_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
     from .build import _parse_size  # one parser for --input-size across commands
 
@@ -59,9 +77,12 @@ def prune_method_kwargs(kw: Dict[str, Any]) -> Dict[str, Any]:
 @prune_method_options
 @click.option("--calib", default=None, metavar="DIR", help="Unlabelled images for sensitivity and recovery (default: the demo's for --model demo).")
 @click.option("--calib-images", type=int, default=128, show_default=True, help="How many calibration images to use.")
+@click.option("--eval", "eval_ref", default=None, metavar="DIR_OR_JSON", help="COCO set to report mAP before/after pruning and after recovery ('none' to skip). Default: the demo's, for --model demo.")
+@click.option("--eval-images", type=int, default=100, show_default=True, help="Evaluate on the first N images (each measurement takes seconds).")
 @click.option("--recover-steps", type=int, default=None, help="Distil the pruned model from the original for N steps.")
 @click.option("--recover-seconds", "--recover-time", "recover_time", type=float, default=None, metavar="SECONDS", help="...or for this long (whichever ends first; as in edgekit build).")
 @click.option("--recover-lr", type=float, default=1e-3, show_default=True, help="Distillation learning rate.")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True, help="Where recovery trains: auto is CUDA when torch sees a GPU, else the CPU.")
 @click.option("--out", default="pruned", show_default=True, metavar="DIR", help="Output folder: model.pt, prune_report.json, prune_channels.png.")
 @click.option("--allow-unaligned", is_flag=True, help="Write the result even if some channel counts are not aligned.")
 @click.option("--layers/--no-layers", default=True, show_default=True, help="Print the per-layer table.")
@@ -73,16 +94,18 @@ def prune(**kw: Any) -> None:
     from edgekit.host.model.loading import load_model
     from ..profiles import load_profile
     from ..prune import PruneConfig
+    from ..prune.param_errors import reworded
     from ..prune.run import write_pruned
 
     profile = load_profile(kw["profile"])
-    config = PruneConfig(
-        ratio=kw["ratio"],
-        target_macs=kw["target_macs"],
-        bn_threshold=kw["bn_threshold"],
-        alignment=kw["alignment"] if kw["alignment"] is not None else profile.alignment,
-        **prune_method_kwargs(kw),
-    ).validate()
+    with reworded(PRUNE_FLAGS):
+        config = PruneConfig(
+            ratio=kw["ratio"],
+            target_macs=kw["target_macs"],
+            bn_threshold=kw["bn_threshold"],
+            alignment=kw["alignment"] if kw["alignment"] is not None else profile.alignment,
+            **prune_method_kwargs(kw),
+        ).validate()
     if kw["calib_images"] < 1:
         raise EdgekitError("--calib-images must be at least 1", "pass a positive number")
     loaded = load_model(kw["model"], weights=kw["weights"], trust_checkpoint=kw["trust_checkpoint"], code_path=kw["code_path"])
@@ -107,9 +130,14 @@ def prune(**kw: Any) -> None:
 
     def show(report) -> None:
         if kw["as_json"]:
-            click.echo(json.dumps(report.to_dict(), indent=2))
+            data = report.to_dict()
+            if accuracy is not None:
+                data["accuracy"] = accuracy.to_dict()
+            click.echo(json.dumps(data, indent=2))
         else:
             render_prune_report(report, console, layers=kw["layers"])
+            if accuracy is not None and accuracy.stages:
+                console.print(accuracy.line(), highlight=False)
 
     def refuse_unless_allowed(result) -> None:
         # Before recovery: a model that fails its checks must not spend the recovery budget first.
@@ -120,8 +148,17 @@ def prune(**kw: Any) -> None:
                 "the pruned model failed its checks (%d problem(s); first: %s)" % (len(report.problems), report.problems[0] if report.problems else "unknown"),
                 "fix the model or the --ignore list, or pass --allow-unaligned to write it anyway",
             )
+        if accuracy is not None and recovering:
+            accuracy.measure("pruned", result.model)  # before recovery trains it
 
-    with err.status("pruning %s ..." % loaded.source) as status:
+    from .prune_accuracy import prune_accuracy
+
+    recovering = kw["recover_steps"] is not None or kw["recover_time"] is not None
+    accuracy = prune_accuracy(kw["eval_ref"], kw["eval_images"], loaded, size)
+    if accuracy is not None:
+        with err.status("evaluating the original model on %d images ..." % accuracy.images):
+            accuracy.measure("original", loaded.module)
+    with err.status("pruning %s ..." % loaded.source) as status, reworded(PRUNE_FLAGS):
 
         def on_progress(stage: str, done: int, total: int) -> None:
             status.update("%s %d/%d" % (stage, done, total))
@@ -138,11 +175,23 @@ def prune(**kw: Any) -> None:
             on_progress=on_progress,
             progress=lambda event: status.update(step_text(event)),
             check=refuse_unless_allowed,
+            device=kw["device"],
         )
+    if accuracy is not None:
+        stage = "recovered" if recovering else "pruned"
+        with err.status("evaluating the %s model on %d images ..." % (stage, accuracy.images)):
+            accuracy.measure(stage, result.model)
     show(result.report)
+    for warning in accuracy.warnings(recovering) if accuracy is not None else []:
+        err.print("[yellow]warning:[/yellow] %s" % warning, highlight=False)
     info = loaded.info()
     info["input_size"] = list(size)  # the size it was pruned (and its MACs counted) at
-    paths = write_pruned(result, kw["out"], info)
+    with reworded(PRUNE_FLAGS):
+        paths = write_pruned(result, kw["out"], info)
+    if accuracy is not None:
+        from .prune_accuracy import add_to_report
+
+        add_to_report(paths["json"], accuracy.to_dict())
     err.print(
         "wrote %s, %s, %s  (reload with: --model %s --weights %s)"
         % (_rel(paths["model"]), _rel(paths["json"]), _rel(paths["png"]), loaded.source, _rel(paths["model"])),
@@ -157,7 +206,7 @@ def _calibration_source(calib: Optional[str], source: str, size: Tuple[int, int]
     spec = PreprocessSpec(size=size)
     if calib:
         return calib, spec
-    if source == "demo":
+    if source in ("demo", "demo-v8"):
         from ..demo import demo_data
 
         return demo_data().calib_dir, spec

@@ -1,6 +1,7 @@
 """Model loading: what ``--model`` (and ``--weights``) can name.
 
-- ``demo``: the built-in demo detector with its shipped weights.
+- ``demo``, ``demo-v8``: the built-in demo detectors (YOLOv5-style and
+  YOLOv8-style) with their shipped weights.
 - ``package.module:factory`` or ``path/to/file.py:factory``: a function that
   returns an ``nn.Module``; ``--weights`` then loads a state_dict into it with
   ``torch.load(weights_only=True)`` (no code from the file runs), or a pruned
@@ -65,8 +66,8 @@ def load_model(ref: str = "demo", weights: Optional[str] = None, trust_checkpoin
         raise EdgekitError("no model given", "pass --model demo, module:factory, file.py:factory, a .pt checkpoint or an .onnx file")
     if code_path is not None:
         _add_code_path(code_path)
-    if ref == "demo":
-        return _load_demo(weights)
+    if ref in ("demo", "demo-v8"):
+        return _load_demo(weights, ref)
     if ref.lower().endswith(".onnx"):
         if weights:
             raise EdgekitError("--weights does not apply to an ONNX model", "drop --weights; the .onnx file holds its weights")
@@ -106,21 +107,21 @@ def _add_code_path(code_path: str) -> None:
         importlib.invalidate_caches()
 
 
-def _load_demo(weights: Optional[str]) -> LoadedModel:
-    from edgekit.host.demo import CATEGORY_IDS, CLASS_NAMES, INPUT_SIZE, build_demo_model, load_demo_model
+def _load_demo(weights: Optional[str], name: str = "demo") -> LoadedModel:
+    from edgekit.host.demo import CATEGORY_IDS, CLASS_NAMES, DEMO_MODELS, INPUT_SIZE, build_demo_model, load_demo_model
 
     notes: List[str] = []
     if weights:
-        module = build_demo_model().float().eval()
+        module = build_demo_model(name).float().eval()
         notes, _ = _load_weights(module, weights)
     else:
-        module = load_demo_model()
+        module = load_demo_model(name=name)
     return LoadedModel(
         module=module.float().eval(),
         onnx_path=None,
-        source="demo",
+        source=name,
         task="detect",
-        output_layout="yolov5",
+        output_layout=DEMO_MODELS[name][0],
         input_size=tuple(INPUT_SIZE),  # type: ignore[arg-type]
         class_names=list(CLASS_NAMES),
         category_ids=list(CATEGORY_IDS),
@@ -237,16 +238,23 @@ def _load_checkpoint(path: str, trust: bool) -> Tuple[Any, List[str], Dict[str, 
         raise EdgekitError("cannot unpickle %s (%s: %s)" % (path, type(exc).__name__, _short(exc)), "check --code-path matches the code the checkpoint was saved with")
     module = data
     meta: Dict[str, Any] = {}
+    notes = []
     if isinstance(data, dict):
-        module = data.get("ema") or data.get("model")
+        module, ema_note = _yolov5_train_module(data)
+        if ema_note:
+            notes.append(ema_note)
         if isinstance(data.get("edgekit"), dict):
             meta = dict(data["edgekit"])
+        from .ultralytics_checkpoint import adopt  # YOLOv8/YOLO11: input size, names, layout; trainable again
+
+        more, ultralytics_notes = adopt(data, module)
+        meta = dict(more, **meta)
+        notes.extend(ultralytics_notes)
     if isinstance(module, torch.jit.ScriptModule):
         raise EdgekitError("%s holds a TorchScript module, which is not prunable" % path, "pass the eager model")
     if not isinstance(module, torch.nn.Module):
         keys = ", ".join(sorted(map(str, data))[:6]) if isinstance(data, dict) else type(data).__name__
         raise EdgekitError("%s holds no nn.Module under 'model' or 'ema' (found: %s)" % (path, keys), "save the model as {'model': model}")
-    notes = []
     dtypes = {p.dtype for p in module.parameters()}
     if dtypes and dtypes != {torch.float32}:
         notes.append("weights converted from %s to float32" % ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes)))
@@ -256,6 +264,27 @@ def _load_checkpoint(path: str, trust: bool) -> Tuple[Any, List[str], Dict[str, 
         if type(m).__name__ in ("Detect", "Segment", "Pose", "OBB") and hasattr(m, "export"):
             m.export = True
     return module, notes, meta
+
+
+def _yolov5_train_module(data: Dict[Any, Any]) -> Tuple[Any, Optional[str]]:
+    """The model of a YOLOv5 ``train.py`` checkpoint ({'model', 'ema', 'optimizer', 'epoch', ...}, fp16).
+
+    The EMA weights when present, as YOLOv5's own loader (``attempt_load``)
+    takes them: they are what its validation measured. ``ModelEMA`` freezes
+    every EMA parameter, so which parameters train is taken from ``model``
+    (frozen there only when train.py's ``--freeze`` froze them); otherwise
+    recovery would find nothing to train.
+    """
+    import torch
+
+    ema, model = data.get("ema"), data.get("model")
+    if not isinstance(ema, torch.nn.Module):
+        return model, None
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()} if isinstance(model, torch.nn.Module) else {}
+    for name, p in ema.named_parameters():
+        p.requires_grad_(trainable.get(name, True))
+    frozen = sum(1 for v in trainable.values() if not v)
+    return ema, "took the EMA weights ('ema', as YOLOv5 does)%s" % (", %d parameter(s) frozen as in 'model'" % frozen if frozen else "")
 
 
 def _load_onnx(path: str) -> LoadedModel:

@@ -76,8 +76,8 @@ def load_source(
     """Load ``--model`` (edgekit.host.model.loading) and settle the input size:
     ``--input-size``, else the model's own (what it was trained or exported
     at), else the profile's."""
-    if ref == "demo" and weights is None and not pretrained:
-        return _demo_source(input_size, pretrained=False)
+    if ref in ("demo", "demo-v8") and weights is None and not pretrained:
+        return _demo_source(input_size, pretrained=False, name=ref)
     from edgekit.host.model.loading import load_model
 
     loaded = load_model(ref=ref, weights=weights, trust_checkpoint=trust_checkpoint, code_path=code_path)
@@ -89,17 +89,17 @@ def load_source(
             "%s has a fixed %dx%d input, not %dx%d" % (ref, loaded.input_size[0], loaded.input_size[1], size[0], size[1]),
             "drop --input-size, or export the model at that size",
         )
-    if ref == "demo":
+    if ref in ("demo", "demo-v8"):
         from edgekit.host import demo
 
         data = demo.demo_data()
-        loaded.source = "edgekit demo detector (%s weights)" % ("retrained" if weights else "shipped")
+        loaded.source = "edgekit %s detector (%s weights)" % (ref, "retrained" if weights else "shipped")
         return ModelSource(
             model=loaded,
-            name="demo",
+            name=ref,
             input_size=(int(size[0]), int(size[1])),
             preprocess=_size(demo.preprocess_spec(), size),
-            postprocess=demo.postprocess_spec(),
+            postprocess=demo.postprocess_spec(ref),
             default_calib_dir=data.calib_dir,
             default_eval=os.path.dirname(data.val_annotations),
         )
@@ -119,20 +119,20 @@ def _size(spec: PreprocessSpec, size: Sequence[int]) -> PreprocessSpec:
     return PreprocessSpec.from_dict(data)
 
 
-def _demo_source(input_size: Optional[Tuple[int, int]], pretrained: bool = True) -> ModelSource:
+def _demo_source(input_size: Optional[Tuple[int, int]], pretrained: bool = True, name: str = "demo") -> ModelSource:
     """The demo without edgekit.host.model.loading: only for its untrained network (tests, benchmarks)."""
     from edgekit.host import demo
 
-    module = demo.load_demo_model(pretrained=pretrained)
+    module = demo.load_demo_model(pretrained=pretrained, name=name)
     size = tuple(input_size or demo.INPUT_SIZE)
     data = demo.demo_data()
-    source = "edgekit demo detector (%s weights)" % ("shipped" if pretrained else "untrained")
-    post = demo.postprocess_spec()
+    source = "edgekit %s detector (%s weights)" % (name, "shipped" if pretrained else "untrained")
+    post = demo.postprocess_spec(name)
     model = LoadedModel(module=module, onnx_path=None, source=source, task="detect", output_layout=post.layout,
                         input_size=(int(size[0]), int(size[1])), class_names=list(post.class_names), category_ids=list(post.category_ids))
     return ModelSource(
         model=model,
-        name="demo",
+        name=name,
         input_size=(int(size[0]), int(size[1])),
         preprocess=_size(demo.preprocess_spec(), size),
         postprocess=post,

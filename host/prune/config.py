@@ -4,6 +4,8 @@ from typing import List, Optional, Tuple
 
 from edgekit.contract.errors import EdgekitError
 
+from .param_errors import ParameterError
+
 CRITERIA = ("l1", "bn")
 STRATEGIES = ("uniform", "global", "sensitivity")
 SPARSITY_KINDS = ("unstructured", "2:4")
@@ -45,24 +47,25 @@ class PruneConfig:
 
     def validate(self) -> "PruneConfig":
         if self.criterion not in CRITERIA:
-            raise EdgekitError("unknown pruning criterion %r" % (self.criterion,), "use one of: %s" % ", ".join(CRITERIA))
+            raise ParameterError("unknown pruning criterion %r" % (self.criterion,), "set {criterion} to one of: %s" % ", ".join(CRITERIA))
         if self.strategy not in STRATEGIES:
-            raise EdgekitError("unknown pruning strategy %r" % (self.strategy,), "use one of: %s" % ", ".join(STRATEGIES))
-        given = [n for n, v in (("--ratio", self.ratio), ("--target-macs", self.target_macs), ("--bn-threshold", self.bn_threshold)) if v is not None]
+            raise ParameterError("unknown pruning strategy %r" % (self.strategy,), "set {strategy} to one of: %s" % ", ".join(STRATEGIES))
+        # Slots, not flag names: param_errors.ParameterError is worded by the caller (the CLI says --target-macs).
+        given = [n for n, v in (("{ratio}", self.ratio), ("{target_macs}", self.target_macs), ("{bn_threshold}", self.bn_threshold)) if v is not None]
         if len(given) > 1:
-            raise EdgekitError("%s are alternatives, got both" % " and ".join(given), "pass only one way of saying how much to prune")
+            raise ParameterError("%s are alternatives, got both" % " and ".join(given), "give only one way of saying how much to prune")
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
-            raise EdgekitError("pruning ratio %r is out of range" % (self.ratio,), "pass a fraction of channels to remove, 0 <= ratio < 1 (e.g. 0.5)")
+            raise ParameterError("pruning ratio %r is out of range" % (self.ratio,), "set {ratio} to the fraction of channels to remove, 0 <= ratio < 1 (e.g. 0.5)")
         if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
-            raise EdgekitError(
+            raise ParameterError(
                 "target MACs reduction %r is out of range" % (self.target_macs,),
-                "pass the fraction of MACs to remove, between 0 and 1 (e.g. 0.5 for half)",
+                "set {target_macs} to the fraction of MACs to remove, between 0 and 1 (e.g. 0.5 for half)",
             )
         if self.bn_threshold is not None:
             if self.criterion != "bn":
-                raise EdgekitError("--bn-threshold needs the BatchNorm-scale criterion", "add --criterion bn")
+                raise ParameterError("{bn_threshold} needs the BatchNorm-scale criterion", "set {criterion} to bn")
             if not self.bn_threshold > 0:
-                raise EdgekitError("BatchNorm threshold %r must be positive" % (self.bn_threshold,), "pass e.g. --bn-threshold 0.01")
+                raise ParameterError("BatchNorm threshold %r must be positive" % (self.bn_threshold,), "set {bn_threshold} to a positive scale, e.g. 0.01")
         if not isinstance(self.alignment, int) or self.alignment < 1:
             raise EdgekitError("channel alignment %r must be a positive integer" % (self.alignment,), "use the profile's alignment (e.g. 8)")
         if self.sparsity is not None and self.sparsity not in SPARSITY_KINDS:
@@ -79,7 +82,7 @@ class PruneConfig:
         self.sensitivity_levels = levels
         for pattern in self.ignore:
             if not isinstance(pattern, str) or not pattern.strip():
-                raise EdgekitError("empty --ignore pattern", "pass a layer name or glob such as 'head.*'")
+                raise ParameterError("an {ignore} pattern is empty", "give a layer name or glob such as 'head.*'")
         return self
 
     def to_dict(self) -> dict:

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from edgekit.contract.errors import EdgekitError
+from .param_errors import ParameterError
 from . import graph as G
+from . import rewrites as R
 from . import sparsity as S
 from . import strategies
 from .alignment import check_alignment, layer_shapes
@@ -109,6 +111,12 @@ def prune_model(
     started = time.time()
     example_input = example_input.float()
     work, frozen = G.prepare(model)
+    # Checks compare what will be exported (heads in export mode), and blocks
+    # that cut a layer's output with chunk/split are rewritten first, checked
+    # equal on real inputs (edgekit.host.prune.rewrites).
+    heads = R.set_export_mode(work)
+    check_images = stack_images(calib_images, 4)
+    rewritten = R.rewrite_splits(work, [example_input] + ([check_images] if check_images is not None and list(check_images.shape[1:]) == list(example_input.shape[1:]) else []), R.head_prefixes(work))
     outputs_before = G.output_shapes(G.run_model(work, example_input))
     macs_before, params_before = count_macs_params(work, example_input)
     size_before = state_dict_bytes(work)
@@ -118,12 +126,12 @@ def prune_model(
     if not layer_names:
         raise EdgekitError("the model has no conv or linear layer that its forward pass uses", "pass a CNN or MLP model")
     fixed = G.find_fixed_layers(work, dg, config.ignore)
-    G.check_splits(work, dg, fixed)
+    split_kept = R.unsplit_producers(work, dg, fixed)
     input_fed = G.input_fed_layers(work, dg)
     before = layer_shapes(work, layer_names)
 
     groups = collect_groups(work, dg, list(fixed), config.criterion, config.alignment)
-    notes = []
+    notes = rewritten.notes()
     if config.criterion == "bn":
         no_bn = [g.name for g in groups if g.by != "bn"]
         if no_bn:
@@ -135,7 +143,7 @@ def prune_model(
     elif config.strategy == "sensitivity":
         images = stack_images(calib_images, config.sensitivity_images)
         if images is None:
-            raise EdgekitError("the sensitivity strategy needs calibration images", "pass --calib DIR (a folder of images like the ones the model will see)")
+            raise ParameterError("the sensitivity strategy needs calibration images", "give {calib_images}: images like the ones the model will see")
         if list(images.shape[1:]) != list(example_input.shape[1:]):
             raise EdgekitError(
                 "calibration images are %s but the model input is %s" % ("x".join(map(str, images.shape[1:])), "x".join(map(str, example_input.shape[1:]))),
@@ -173,6 +181,7 @@ def prune_model(
 
     work, excluded = _apply_checked(work, dg, example_input, outputs_before, before, groups, plan)
     del dg
+    excluded = split_kept + excluded
     if excluded:
         notes.append(
             "%d group(s) could not be pruned correctly and were left unpruned (see 'excluded'): %s" % (len(excluded), ", ".join(e["group"] for e in excluded))
@@ -202,6 +211,7 @@ def prune_model(
         sparsity_info = S.measure(work, "2:4", masks, layer_names, skipped=skipped)
 
     G.restore_frozen(work, frozen)
+    R.restore_mode(work, heads)
     work.eval()
     report = PruneReport(
         criterion=config.criterion,

@@ -16,6 +16,7 @@ from torch import nn
 from torch_pruning import ops
 
 from edgekit.contract.errors import EdgekitError
+from .param_errors import ParameterError
 
 # Layers whose channel counts pruning may change and alignment is checked on.
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -153,7 +154,7 @@ def find_fixed_layers(model: nn.Module, graph: tp.DependencyGraph, ignore: Seque
         hits = [n for n in names if _matches(n, pattern)]
         if not hits:
             examples = ", ".join(names[:3])
-            raise EdgekitError("--ignore %r matches no conv/linear layer" % pattern, "layer names look like %s" % examples)
+            raise ParameterError("{ignore} %r matches no conv/linear layer" % pattern, "layer names look like %s" % examples)
         for n in hits:
             fixed.setdefault(n, "ignored by --ignore %r" % pattern)
     return fixed
@@ -230,9 +231,9 @@ def check_splits(model: nn.Module, graph: tp.DependencyGraph, fixed: Dict[str, s
             if name == block:
                 block_type = " (%s)" % type(m).__name__
                 break
-        raise EdgekitError(
+        raise ParameterError(
             "block '%s'%s cuts the output of layer '%s' with chunk/split, which Torch-Pruning cannot map channels through" % (block, block_type, producer),
-            "rewrite the block with one conv per piece (as YOLOv8's C2f_v2 does), or keep that layer's channels with --ignore '%s'" % producer,
+            "rewrite the block with one conv per piece (as YOLOv8's C2f_v2 does), or keep that layer's channels with {ignore} '%s'" % producer,
         )
 
 

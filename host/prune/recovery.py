@@ -21,10 +21,14 @@ from torch import nn
 from edgekit.contract.errors import EdgekitError
 from edgekit.host.progress import Callback, step_event
 from .core import stack_images
+from .param_errors import ParameterError
+from .graph import flat_outputs
 from .losses import distillation_loss
 from .sparsity import Masks, reapply_masks
 
 BN_MODES = ("train", "frozen")
+# auto: bfloat16 autocast where the hardware runs it natively (CPU oneDNN, CUDA), else float16 on CUDA, else fp32.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def _bn_layers(model: nn.Module):
@@ -78,14 +82,21 @@ def recalibrate_bn(model: nn.Module, images, batch_size: int = 16, limit: Option
         m.momentum = None  # cumulative moving average over all batches
         m.train()
     try:
+        device = _device_of(model)
         for batch in source.batches(batch_size, limit):
-            model(batch)
+            model(batch.to(device))
     finally:
         for m, momentum in saved:
             m.momentum = momentum
             m.eval()
         model.train(was_training)
     return len(layers)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
 
 
 def _set_train_mode(model: nn.Module, bn: str) -> None:
@@ -116,13 +127,37 @@ def _emitter(progress: Optional[Callback], stage: str, steps: Optional[int], tim
     return emit
 
 
-def _check_budget(steps: Optional[int], time_budget_s: Optional[float]) -> None:
+def check_budget(steps: Optional[int], time_budget_s: Optional[float]) -> None:
+    """A step count and/or a time budget, each positive; else a ParameterError naming ``steps``/``time_budget_s``."""
+    # Fix texts name the arguments through slots (param_errors.py): a front end words them its own way.
     if steps is None and time_budget_s is None:
-        raise EdgekitError("recovery needs a number of steps or a time budget", "pass --recover-steps N or --recover-seconds SECONDS")
+        raise ParameterError("recovery needs a number of steps or a time budget", "give {steps} or {time_budget_s}")
     if steps is not None and steps < 1:
-        raise EdgekitError("recovery steps must be at least 1, got %r" % steps, "pass a positive --recover-steps")
+        raise ParameterError("recovery steps must be at least 1, got %r" % steps, "set {steps} to 1 or more")
     if time_budget_s is not None and not time_budget_s > 0:
-        raise EdgekitError("recovery time budget must be positive, got %r" % time_budget_s, "pass a positive --recover-seconds")
+        raise ParameterError("recovery time budget must be positive, got %r" % time_budget_s, "set {time_budget_s} to a positive number of seconds")
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: Optional[str] = "auto") -> torch.device:
+    """``auto``: CUDA when torch sees a GPU, else the CPU; ``cuda`` without a GPU is an error (no silent CPU run)."""
+    name = "auto" if device is None else str(device).strip().lower()
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ParameterError("unknown device %r" % (device,), "set {device} to one of: %s" % ", ".join(DEVICES))
+    if name == "cpu":
+        return torch.device("cpu")
+    available = torch.cuda.is_available()
+    if name == "auto":
+        return torch.device("cuda" if available else "cpu")
+    if not available:
+        why = "this torch %s is built without CUDA" % torch.__version__ if torch.version.cuda is None else "torch %s (CUDA %s) sees no GPU" % (torch.__version__, torch.version.cuda)
+        raise ParameterError("CUDA was asked for, but %s" % why, "set {device} to cpu (or auto, which falls back to the CPU)")
+    index = torch.device(name).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise ParameterError("%s was asked for, but torch sees %d GPU(s)" % (name, torch.cuda.device_count()), "set {device} to cuda, cuda:0 .. cuda:%d, or cpu" % (torch.cuda.device_count() - 1))
+    return torch.device(name)
 
 
 def _train_loop(
@@ -137,6 +172,7 @@ def _train_loop(
     bn: str,
     optimizer: Optional[torch.optim.Optimizer] = None,
     on_step: Optional[Callable[[int, int], None]] = None,
+    scaler: Optional[object] = None,
 ) -> Dict[str, object]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -162,10 +198,15 @@ def _train_loop(
             _set_train_mode(model, bn)
             loss = compute_loss(step)
             if not torch.isfinite(loss):
-                raise EdgekitError("the recovery loss became %s at step %d" % (float(loss), step), "lower the learning rate (--recover-lr)")
+                raise ParameterError("the recovery loss became %s at step %d" % (float(loss), step), "lower the learning rate ({lr})")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:  # float16 autocast on CUDA: scaled gradients
+                scaler.scale(loss).backward()  # type: ignore[attr-defined]
+                scaler.step(opt)  # type: ignore[attr-defined]
+                scaler.update()  # type: ignore[attr-defined]
+            else:
+                loss.backward()
+                opt.step()
             reapply_masks(model, masks or {})
             losses.append(float(loss.detach()))
             step += 1
@@ -225,6 +266,7 @@ def recover(
     precision: str = "auto",
     seed: int = 0,
     on_step: Optional[Callable[[int, int], None]] = None,
+    device: Optional[str] = "auto",
 ) -> Dict[str, object]:
     """Label-free distillation from ``teacher`` (unpruned) into ``student`` (pruned, trained in place).
 
@@ -234,7 +276,11 @@ def recover(
     ``bn`` is "train" (BatchNorm uses batch statistics while training, running
     statistics re-estimated at the end) or "frozen". ``precision`` "auto" uses
     bfloat16 autocast where the CPU supports it (about 1.8x faster steps
-    measured here), "fp32" never. ``augment``: horizontal flips and zoom-in
+    measured here), on CUDA bfloat16 where the GPU has it, else float16 with
+    gradient scaling; "bf16"/"fp16" force one, "fp32" never. ``device``
+    "auto" trains on CUDA when torch sees a GPU, else on the CPU; "cpu" and
+    "cuda" (or "cuda:N") pick one, and "cuda" without a GPU is an error. The
+    student ends on the device it came on. ``augment``: horizontal flips and zoom-in
     crops up to ``max_zoom`` (the teacher labels whatever it is shown). The
     teacher is not modified. ``progress(event)`` receives one step event
     (edgekit.host.progress, stage "recover", plus the step's ``loss``) per
@@ -242,27 +288,36 @@ def recover(
     seconds of the time budget). Returns what happened (steps, seconds, losses, ...).
     """
     _check_recover_args(steps, time_budget_s, bn, precision, batch_size)
+    target = resolve_device(device)
     source = ImageSource(images)
     if not len(source):
-        raise EdgekitError("recovery needs unlabelled images", "pass a folder of images like the ones the model will see")
-    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported())
+        raise ParameterError("recovery needs unlabelled images", "give {images}: images like the ones the model will see")
+    amp = _autocast_dtype(precision, target)
     started = time.time()
-    calibrated = recalibrate_bn(student, source) if recalibrate else 0
-    teacher = _frozen_teacher(teacher)
-    _channels_last(student)
-    with torch.no_grad():
-        reference = teacher(source.take(range(min(len(source), 16))))
-    bs = min(batch_size, len(source))
-    compute_loss = _distillation_step(student, teacher, source, distillation_loss(layout, reference), bs, augment, max_zoom, use_bf16, seed)
+    home = _device_of(student)
+    student.to(target)
+    masks_here = {k: v.to(target) for k, v in (masks or {}).items()}
     try:
-        stats = _train_loop(student, compute_loss, steps, time_budget_s, lr, masks, progress or None, "recover", bn, on_step=on_step)
+        calibrated = recalibrate_bn(student, source) if recalibrate else 0
+        teacher = _frozen_teacher(teacher).to(target)
+        _channels_last(student)
+        with torch.no_grad():
+            reference = teacher(source.take(range(min(len(source), 16))).to(target))
+        used_layout = layout if fits_layout(layout, reference) else None
+        bs = min(batch_size, len(source))
+        compute_loss = _distillation_step(student, teacher, source, distillation_loss(used_layout, reference), bs, augment, max_zoom, amp, seed, target)
+        scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 and target.type == "cuda" else None
+        try:
+            stats = _train_loop(student, compute_loss, steps, time_budget_s, lr, masks_here, progress or None, "recover", bn, on_step=on_step, scaler=scaler)
+        finally:
+            _channels_last(student, torch.contiguous_format)
+        if bn == "train" and recalibrate:
+            # Training normalised with batch statistics; the running statistics
+            # (momentum-averaged, lagging behind the changing weights) are
+            # re-estimated for the final weights so eval mode sees the same model.
+            recalibrate_bn(student, source)
     finally:
-        _channels_last(student, torch.contiguous_format)
-    if bn == "train" and recalibrate:
-        # Training normalised with batch statistics; the running statistics
-        # (momentum-averaged, lagging behind the changing weights) are
-        # re-estimated for the final weights so eval mode sees the same model.
-        recalibrate_bn(student, source)
+        student.to(home)
     stats.update(
         {
             "method": "distillation",
@@ -270,23 +325,61 @@ def recover(
             "batch_size": bs,
             "bn": bn,
             "bn_recalibrated_layers": calibrated,
-            "layout": layout or "generic",
-            "precision": "bf16" if use_bf16 else "fp32",
+            "layout": used_layout or "generic",
+            "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32"),  # type: ignore[call-overload]
+            "device": str(target),
             "augment": ("flip+zoom%.2f" % max_zoom) if augment else "none",
             "seconds_total": round(time.time() - started, 3),
         }
     )
+    if layout and used_layout is None:
+        stats["layout_note"] = "the %s loss does not fit outputs of shape %s; used the generic one" % (layout, _shape_text(reference))
     return stats
 
 
+# Output columns each layout's loss reads: (B, N, 5 + C) for yolov5 (box, objectness), (B, 4 + C, N) for yolov8.
+_LAYOUT_MIN = {"yolov5": (-1, 5), "yolov8": (-2, 5)}
+
+
+def fits_layout(layout: Optional[str], reference) -> bool:
+    """Whether the ``layout`` loss can read these outputs (a model may be taken for a detector by its output shape alone)."""
+    if layout not in _LAYOUT_MIN:
+        return True
+    first = flat_outputs(reference)
+    if not first or first[0].dim() != 3:
+        return False
+    axis, least = _LAYOUT_MIN[layout]  # type: ignore[index]
+    return int(first[0].shape[axis]) >= least
+
+
+def _shape_text(outputs) -> str:
+    first = flat_outputs(outputs)
+    return "[%s]" % ", ".join(["N"] + [str(d) for d in first[0].shape[1:]]) if first else "(no tensor)"
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of the training steps, None for fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        if precision == "fp16":
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16":
+        raise ParameterError("float16 training needs CUDA", "set {precision} to auto, bf16 or fp32 on the CPU")
+    return torch.bfloat16 if bf16_supported() else None
+
+
 def _check_recover_args(steps: Optional[int], time_budget_s: Optional[float], bn: str, precision: str, batch_size: int) -> None:
-    _check_budget(steps, time_budget_s)
+    check_budget(steps, time_budget_s)
     if bn not in BN_MODES:
-        raise EdgekitError("unknown BatchNorm mode %r" % bn, "use one of: %s" % ", ".join(BN_MODES))
-    if precision not in ("auto", "bf16", "fp32"):
-        raise EdgekitError("unknown precision %r" % precision, "use auto, bf16 or fp32")
+        raise ParameterError("unknown BatchNorm mode %r" % bn, "set {bn} to one of: %s" % ", ".join(BN_MODES))
+    if precision not in PRECISIONS:
+        raise ParameterError("unknown precision %r" % precision, "set {precision} to one of: %s" % ", ".join(PRECISIONS))
     if batch_size < 1:
-        raise EdgekitError("batch size must be at least 1", "pass a positive batch size")
+        raise ParameterError("batch size must be at least 1, got %r" % batch_size, "set {batch_size} to 1 or more")
 
 
 def _frozen_teacher(teacher: nn.Module) -> nn.Module:
@@ -300,10 +393,13 @@ def _frozen_teacher(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
-def _distillation_step(student, teacher, source: ImageSource, loss_fn, bs: int, augment: bool, max_zoom: float, use_bf16: bool, seed: int) -> Callable[[int], torch.Tensor]:
+def _distillation_step(
+    student, teacher, source: ImageSource, loss_fn, bs: int, augment: bool, max_zoom: float, amp: Optional[torch.dtype], seed: int, device: Optional[torch.device] = None
+) -> Callable[[int], torch.Tensor]:
     """``compute_loss(step)``: a random (augmented) batch, the teacher's outputs as targets, the student's loss."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    device = device or torch.device("cpu")
 
     def compute_loss(step: int) -> torch.Tensor:
         idx = torch.randint(len(source), (bs,), generator=gen).tolist()
@@ -314,8 +410,8 @@ def _distillation_step(student, teacher, source: ImageSource, loss_fn, bs: int, 
                 x[flip] = x[flip].flip(-1)
             if max_zoom > 1.0:
                 x = _zoom(x, gen, max_zoom)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             with torch.no_grad():
                 target = teacher(x)
             out = student(x)
@@ -366,7 +462,7 @@ def finetune(
     masks (``PruneResult.masks``) are re-applied after each step so zeros stay
     zero. The model is left in eval mode.
     """
-    _check_budget(steps, time_budget_s)
+    check_budget(steps, time_budget_s)
     source = iter(batches)
     first = [True]
 
@@ -376,7 +472,7 @@ def finetune(
             batch = next(source)
         except StopIteration:
             if first[0]:
-                raise EdgekitError("the fine-tuning data yielded no batch", "pass a non-empty iterable of batches")
+                raise ParameterError("the fine-tuning data yielded no batch", "give {batches} as a non-empty iterable")
             source = iter(batches)
             batch = next(source)
         first[0] = False

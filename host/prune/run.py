@@ -18,9 +18,12 @@ from .checkpoint import save_pruned
 from .config import PruneConfig
 from .core import PruneResult, prune_model, stack_images
 from .graph import LAYER_TYPES
-from .recovery import recover
+from .param_errors import ParameterError, reworded
+from .recovery import check_budget, recover, resolve_device
 
 MODEL_FILE = "model.pt"
+# recover()'s argument names as prune_and_recover() calls them (param_errors.ParameterError slots).
+_RECOVER_NAMES = {"steps": "recover_steps", "time_budget_s": "recover_time_s", "lr": "recover_lr", "batch_size": "recover_batch", "images": "calib"}
 
 
 def calibration_tensors(folder: str, spec: PreprocessSpec, count: Optional[int] = None, seed: int = 0) -> List[torch.Tensor]:
@@ -51,13 +54,14 @@ def recover_result(
     batch_size: int = 8,
     progress: Optional[Callback] = None,
     on_step: Optional[Callable[[int, int], None]] = None,
+    device: Optional[str] = "auto",
 ) -> Dict[str, Any]:
     """Distil ``result.model`` from ``teacher`` (in place), record it in the report, re-measure sparsity.
 
     ``calib``: a list of (1, C, H, W) tensors or an ImageBatch (decoded images, converted per batch)."""
     if calib is None or not len(calib):
-        raise EdgekitError("recovery needs unlabelled images", "pass --calib DIR")
-    stats = recover(result.model, teacher, calib, steps=steps, time_budget_s=time_budget_s, progress=progress, layout=layout, lr=lr, batch_size=batch_size, masks=result.masks, on_step=on_step)
+        raise ParameterError("recovery needs unlabelled images", "give {calib}: images like the ones the model will see")
+    stats = recover(result.model, teacher, calib, steps=steps, time_budget_s=time_budget_s, progress=progress, layout=layout, lr=lr, batch_size=batch_size, masks=result.masks, on_step=on_step, device=device)
     result.report.recovery = stats
     if result.report.sparsity:
         info = result.report.sparsity
@@ -82,6 +86,7 @@ def prune_and_recover(
     on_progress: Optional[Callable[[str, int, int], None]] = None,
     on_recover_step: Optional[Callable[[int, int], None]] = None,
     check: Optional[Callable[[PruneResult], None]] = None,
+    device: Optional[str] = "auto",
 ) -> PruneResult:
     """Prune ``module`` (untouched) and, when a step count or time budget is given, distil it back.
 
@@ -90,18 +95,29 @@ def prune_and_recover(
     ``check(result)`` runs on the pruned model *before* recovery and raises
     EdgekitError to refuse it, so a refused model never spends the recovery
     budget; whatever ``check`` accepts, a model that does not run (or whose
-    outputs changed) is not distilled: recovery would fail inside."""
-    result = prune_model(module, example_input(input_size, calib), config, calib_images=calib, progress=on_progress, layout=layout)
+    outputs changed) is not distilled: recovery would fail inside.
+    ``device`` (auto, cpu, cuda) is where recovery trains; it is checked
+    before pruning starts. Errors about these arguments are
+    :class:`~edgekit.host.prune.param_errors.ParameterError` worded with the
+    Python names (``recover_steps``); a front end rewords them."""
+    recovering = recover_steps is not None or recover_time_s is not None
+    if recovering:
+        with reworded(_RECOVER_NAMES):
+            check_budget(recover_steps, recover_time_s)
+            resolve_device(device)
+    with reworded({"calib_images": "calib"}):
+        result = prune_model(module, example_input(input_size, calib), config, calib_images=calib, progress=on_progress, layout=layout)
     if check is not None:
         check(result)
-    if recover_steps is not None or recover_time_s is not None:
+    if recovering:
         report = result.report
         if not (report.runs and report.outputs_unchanged):
             raise EdgekitError(
                 "the pruned model cannot be recovered: %s" % (report.problems[0] if report.problems else "its outputs changed"),
                 "prune less, or keep the failing layers' channels, then recover",
             )
-        recover_result(result, module, calib, layout, recover_steps, recover_time_s, recover_lr, recover_batch, progress, on_recover_step)
+        with reworded(_RECOVER_NAMES):
+            recover_result(result, module, calib, layout, recover_steps, recover_time_s, recover_lr, recover_batch, progress, on_recover_step, device)
     return result
 
 
@@ -113,9 +129,9 @@ def write_pruned(result: PruneResult, out_dir: str, info: Optional[Dict[str, Any
     """
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise EdgekitError("output %s exists and is not a folder" % out_dir, "choose another --out")
+        raise ParameterError("output %s exists and is not a folder" % out_dir, "choose another {out_dir}")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MODEL_FILE)):
-        raise EdgekitError("output %s is a non-empty folder that edgekit prune did not write" % out_dir, "choose another --out")
+        raise ParameterError("output %s is a non-empty folder that edgekit prune did not write" % out_dir, "choose another {out_dir}")
     parent = os.path.dirname(out_dir)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -124,11 +140,12 @@ def write_pruned(result: PruneResult, out_dir: str, info: Optional[Dict[str, Any
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
     except OSError as exc:
-        raise EdgekitError("cannot write to %s (%s)" % (parent, exc.strerror), "choose a writable --out folder")
+        raise ParameterError("cannot write to %s (%s)" % (parent, exc.strerror), "choose a writable {out_dir}")
     try:
         meta = dict(info or {})
         meta["prune"] = {k: v for k, v in result.report.to_dict().items() if k != "layers"}
-        save_pruned(result.model, os.path.join(tmp, MODEL_FILE), meta)
+        with reworded({"path": "out_dir"}):
+            save_pruned(result.model, os.path.join(tmp, MODEL_FILE), meta)
         result.report.write(tmp)
         old = None
         if os.path.isdir(out_dir):
