@@ -26,18 +26,22 @@ def data_cmd(out: Optional[str], train: bool, as_json: bool) -> None:
         click.echo("%-18s %s" % (key, value if value is not None else "(not generated; pass --train)"))
 
 
+_MODEL = click.option("--model", "model_name", type=click.Choice(["demo", "demo-v8"]), default="demo", show_default=True, help="Which demo detector.")
+
+
 @demo.command("eval")
+@_MODEL
 @click.option("--weights", default=None, metavar="FILE", help="A state dict to evaluate instead of the shipped weights.")
 @click.option("--data-dir", default=None, metavar="DIR", help="Where the demo data is (or goes).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N validation images only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the 12 COCO stats as JSON.")
-def eval_cmd(weights: Optional[str], data_dir: Optional[str], limit: Optional[int], as_json: bool) -> None:
+def eval_cmd(model_name: str, weights: Optional[str], data_dir: Optional[str], limit: Optional[int], as_json: bool) -> None:
     """COCO mAP of the demo detector on its validation split (PyTorch, CPU)."""
     from edgekit.host.demo import demo_data
     from edgekit.host.demo import evaluate_torch
     from edgekit.host.demo import load_demo_model
 
-    model = load_demo_model(weights=weights)
+    model = load_demo_model(weights=weights, name=model_name)
     stats = evaluate_torch(model, demo_data(data_dir), limit=limit)
     if as_json:
         click.echo(json.dumps(stats, indent=2))
@@ -46,13 +50,15 @@ def eval_cmd(weights: Optional[str], data_dir: Optional[str], limit: Optional[in
 
 
 @demo.command("train")
+@_MODEL
 @click.option("--out", default=None, metavar="FILE", help="Where to write the weights (default: the shipped file).")
 @click.option("--epochs", type=click.FloatRange(min=0.01), default=None, help="Passes over the training split.")
 @click.option("--data-dir", default=None, metavar="DIR", help="Where the demo data is (or goes).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads; 1 is fastest on a shared CPU.")
-def train_cmd(out: Optional[str], epochs: Optional[float], data_dir: Optional[str], threads: int) -> None:
+def train_cmd(model_name: str, out: Optional[str], epochs: Optional[float], data_dir: Optional[str], threads: int) -> None:
     """Train the demo detector from scratch on CPU (reproducible; takes a while)."""
-    from edgekit.host.demo import WEIGHTS_PATH
-    from edgekit.host.demo.train import DEFAULT_EPOCHS, train_demo
+    from edgekit.host.demo import DEMO_MODELS
+    from edgekit.host.demo.train import DEFAULT_EPOCHS, DEFAULT_EPOCHS_V8, train_demo
 
-    train_demo(out or WEIGHTS_PATH, epochs if epochs is not None else DEFAULT_EPOCHS, data_dir, threads=threads, log=click.echo)
+    default_epochs = DEFAULT_EPOCHS_V8 if model_name == "demo-v8" else DEFAULT_EPOCHS
+    train_demo(out or DEMO_MODELS[model_name][1], epochs if epochs is not None else default_epochs, data_dir, threads=threads, log=click.echo, model_name=model_name)
