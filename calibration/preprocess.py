@@ -4,7 +4,7 @@ The manifest's ``preprocess`` block is a :class:`PreprocessSpec`; the host uses
 it to calibrate and evaluate, the agent to feed the board, so both see the same
 tensors. Python 3.8, numpy and pillow only.
 """
-from typing import Any, Dict, Sequence, Tuple
+from typing import Tuple
 
 import numpy as np
 from PIL import Image

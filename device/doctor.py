@@ -4,7 +4,7 @@ Works on a board with nothing but Python: it imports only the standard library
 and probes everything else.
 """
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from edgekit.contract.errors import EdgekitError
 

@@ -25,7 +25,7 @@ output cost more than the NMS); the rest is sorted only if NMS gets that far,
 so the order, and the result, stay exactly those of a full stable sort
 (benchmarks/postprocess_bench.py, tests/device/test_postprocess_fast.py).
 """
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 

@@ -185,6 +185,11 @@ def _run_all(bundle: Any, options: Options, settings: Dict[str, Any], info: Dict
 
     task = None
     wants_accuracy = options.command in ("eval", "run")
+    if options.command == "run" and not bundle.eval_spec():
+        # Built without an evaluation set (`edgekit build --eval none`): latency is what
+        # can be measured, and a result that only lacks what nobody packed is not a failure.
+        _warn(result, progress, "accuracy not measured: the bundle has no evaluation set; rebuild it with --eval DIR (COCO json or YOLO labels) to measure mAP here")
+        wants_accuracy = False
     try:
         task = _prepare_task(bundle, options, wants_accuracy)
     except EdgekitError as exc:
@@ -297,7 +302,9 @@ def _run_variant(
         run["provider"] = runner.provider
         run["engine"] = runner.engine
         for w in runner.warnings:
-            _warn(result, progress, "%s: %s" % (name, w))
+            # The same runtime fact for every variant (e.g. a missing execution provider) is said once.
+            if not any(seen.endswith(": " + w) for seen in result["warnings"]):
+                _warn(result, progress, "%s: %s" % (name, w))
         if options.command in ("bench", "run"):
             _time_inference(bundle, runner, run, task, settings, progress, result)
             if options.profile_layers:

@@ -17,7 +17,7 @@ TensorRT's Python API changed twice in ways the agent meets:
   INT8 calibrator are removed; precision comes from the ONNX types, so an
   fp16 variant needs an fp16 ONNX and INT8 needs Q/DQ nodes.
 """
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from edgekit.contract.errors import EdgekitError
 from .base import CannotRun

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from ..cuda import D2H, H2D, CudaRuntime, version_string
 from edgekit.contract.errors import EdgekitError
 from .base import CannotRun, Runner, check_input_shape, looks_like_oom, one_line, out_of_memory
-from .tensorrt_api import TrtApi, select_api
+from .tensorrt_api import select_api
 from .trt_engine import EngineLoader, EngineRequest, LogSink, last_error, make_logger
 
 

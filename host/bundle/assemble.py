@@ -296,7 +296,7 @@ class _Build(object):
 
     def accuracy_control(self) -> Any:
         """mAP-controlled int8 (edgekit.host.quantize.AccuracyControl) when ``max_map_drop`` is set and there is an eval set."""
-        limit = getattr(self.options, "max_map_drop", None)
+        limit = self.options.max_map_drop
         if limit is None or float(limit) <= 0 or self.eval_block is None:
             return None
         from edgekit.host.quantize import AccuracyControl
@@ -323,6 +323,7 @@ class _Build(object):
                 workdir=self.tmp,
                 warn=self.r.warn,
                 accuracy=self.accuracy_control(),
+                tool=self.options.int8_tool,
             )
             info["detail"] = result.summary()
         calibration = result.calibration_dict()

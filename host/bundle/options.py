@@ -35,6 +35,8 @@ class BuildOptions:
     recover_steps: int = 0  # accuracy-recovery steps after pruning (0: none)
     recover_seconds: Optional[float] = None
     device: str = "auto"  # where recovery trains: auto (CUDA when torch sees a GPU), cpu, cuda
+    max_map_drop: Optional[float] = None  # int8: keep layers float until mAP is within this many points of fp32
+    int8_tool: Optional[str] = None  # "onnxruntime" (default) or "modelopt" (TensorRT profiles)
 
 
 @dataclasses.dataclass
@@ -121,6 +123,13 @@ def resolve(options: BuildOptions, model_name: str) -> Plan:
         from ..prune.recovery import resolve_device  # before any work: `cuda` without a GPU fails here
 
         resolve_device(options.device)
+    if "int8" in variants and options.int8_tool:
+        from ..quantize.modelopt_ptq import check_tool, check_usable  # before any work, as for the device
+
+        check_tool(options.int8_tool, q.scheme)
+        check_usable(options.int8_tool)
+    if options.max_map_drop is not None and str(options.eval or "").lower() == "none":
+        raise EdgekitError("an mAP-controlled int8 needs an evaluation set, and --eval is none", "pass --eval DIR_OR_JSON, or leave out --max-map-drop")
     out = options.out or os.path.join("bundles", "%s-%s" % (model_name, profile.name))
     snr = q.snr_target_db if options.snr_target_db is None else float(options.snr_target_db)
     return Plan(profile, variants, prune, os.path.abspath(out), images, method, snr, options.opset or profile.opset)

@@ -58,6 +58,10 @@ def _fmt(value: Any, pattern: str) -> str:
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None, help="Calibration method (default: the profile's).")
 @click.option("--snr-target", type=float, default=None, help="Mixed precision: output SQNR target in dB, 0 to disable (default: the profile's).")
 @click.option("--eval-images", type=int, default=None, help="Evaluate on the first N images only.")
+@click.option("--max-map-drop", type=click.FloatRange(0, min_open=True), default=None, metavar="POINTS",
+              help="int8: keep the most sensitive layers float, round by round, until mAP is within POINTS (mAP x 100) of fp32 (needs an eval set).")
+@click.option("--int8-tool", type=click.Choice(["onnxruntime", "modelopt"]), default=None,
+              help="int8 quantizer: ONNX Runtime's (default) or NVIDIA's TensorRT Model Optimizer (TensorRT profiles; pip install nvidia-modelopt).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration image sampling.")
 @click.option("--prune-criterion", type=click.Choice(["l1", "bn"]), default=None, help="Channel importance for --prune (default l1).")
 @click.option("--prune-strategy", type=click.Choice(["uniform", "global", "sensitivity"]), default=None, help="How --prune spreads the ratio over layers (default uniform).")
@@ -94,6 +98,8 @@ def build(**kw: Any) -> None:
         recover_steps=kw["recover_steps"],
         recover_seconds=kw["recover_seconds"],
         device=kw["device"],
+        max_map_drop=kw["max_map_drop"],
+        int8_tool=kw["int8_tool"],
     )
     console = Console(stderr=True, width=120)
     display = ProgressDisplay(console)

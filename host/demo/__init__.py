@@ -28,8 +28,6 @@ from .shapes import CATEGORY_IDS, CLASS_NAMES
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from .model import DemoDetector
-
 __all__ = [
     "INPUT_SIZE",
     "DEMO_MODELS",

@@ -25,7 +25,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from edgekit.contract.errors import EdgekitError
 
-from edgekit.contract.words import OUTPUT_LAYOUTS as LAYOUTS, TASKS
 _CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin")
 _TORCHSCRIPT_EXTENSIONS = (".torchscript", ".ts", ".jit", ".ptl")
 # COCO's 80 detection classes map onto category ids 1..90 with gaps.

@@ -1,6 +1,6 @@
 """Optional: NVIDIA TensorRT Model Optimizer's ONNX PTQ for the TensorRT scheme.
 
-Off by default. ``EDGEKIT_INT8_TOOL=modelopt`` (or ``quantize_int8(tool=
+Off by default. ``edgekit build --int8-tool modelopt``, ``EDGEKIT_INT8_TOOL=modelopt`` (or ``quantize_int8(tool=
 "modelopt")``) makes the jetson-style int8 (scheme ``tensorrt``) with
 ``modelopt.onnx.quantization.quantize`` instead of ONNX Runtime's quantizer;
 the result goes through the same TensorRT Q/DQ rules check, SQNR and
@@ -30,9 +30,15 @@ def _module() -> Any:
     except Exception as exc:  # ImportError, or its own "install optional [onnx] dependencies"
         raise EdgekitError(
             "int8 tool modelopt is not usable here (%s)" % str(exc).splitlines()[0],
-            "install nvidia-modelopt as docs/build.md describes, or unset EDGEKIT_INT8_TOOL to use ONNX Runtime's quantizer",
+            "install nvidia-modelopt as docs/build.md describes, or use the default int8 tool (onnxruntime)",
         )
     return moq
+
+
+def check_usable(tool: str) -> None:
+    """For modelopt: that it imports here (a build checks this before any work)."""
+    if tool == "modelopt":
+        _module()
 
 
 def check_tool(tool: str, scheme: str) -> None:
@@ -41,7 +47,7 @@ def check_tool(tool: str, scheme: str) -> None:
     if tool == "modelopt" and scheme != "tensorrt":
         raise EdgekitError(
             "int8 tool modelopt writes TensorRT graphs, but this profile's scheme is %s" % scheme,
-            "use it with a TensorRT profile (jetson), or unset EDGEKIT_INT8_TOOL",
+            "use it with a TensorRT profile (jetson), or use the default int8 tool (onnxruntime)",
         )
 
 
@@ -49,7 +55,7 @@ def quantize_with_modelopt(pre_path: str, out_path: str, inputs: Sequence[np.nda
     """modelopt's int8 PTQ of ``pre_path`` on ``inputs`` (NCHW float batches), ``exclude`` nodes kept float, CPU calibration."""
     moq = _module()
     if method not in METHODS:
-        raise EdgekitError("modelopt has no %s calibration" % method, "use --calib-method minmax or entropy with EDGEKIT_INT8_TOOL=modelopt")
+        raise EdgekitError("modelopt has no %s calibration" % method, "calibrate with minmax or entropy for the modelopt tool")
     logger = logging.getLogger()
     level = logger.level
     try:
@@ -69,6 +75,6 @@ def quantize_with_modelopt(pre_path: str, out_path: str, inputs: Sequence[np.nda
     except EdgekitError:
         raise
     except Exception as exc:
-        raise EdgekitError("modelopt could not quantize the graph: %s" % str(exc).splitlines()[0], "unset EDGEKIT_INT8_TOOL to use ONNX Runtime's quantizer")
+        raise EdgekitError("modelopt could not quantize the graph: %s" % str(exc).splitlines()[0], "use the default int8 tool (onnxruntime)")
     finally:
         logger.setLevel(level)

@@ -94,3 +94,13 @@ def test_unwritable_output_folder(tmp_path):
 def test_bad_prune_list(out_dir):
     out = edgekit("--prune", "0,1.5", "--out", out_dir)
     assert_one_line_error(out, "--prune value '1.5' is out of range", out_dir)
+
+
+def test_modelopt_int8_on_a_cpu_profile_is_refused_before_any_work(out_dir):
+    out = edgekit("--profile", "cpu", "--int8-tool", "modelopt", "--out", out_dir)
+    assert_one_line_error(out, "int8 tool modelopt writes TensorRT graphs, but this profile's scheme is", out_dir)
+
+
+def test_map_controlled_int8_without_an_eval_set_is_refused(out_dir):
+    out = edgekit("--eval", "none", "--max-map-drop", "1", "--out", out_dir)
+    assert_one_line_error(out, "an mAP-controlled int8 needs an evaluation set", out_dir)

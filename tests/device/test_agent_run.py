@@ -100,3 +100,18 @@ def test_unknown_variant_is_a_one_line_error(scored_bundle, tools):
     assert run.stderr.startswith("error: bundle") and "fp64" in run.stderr and "use one of fp32, int8" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
     assert run.result["errors"] and run.result["runs"] == [] and run.result["ok"] is False
+
+
+def test_run_on_a_bundle_built_without_an_evaluation_set_measures_latency_and_succeeds(cpu_bundle, tools, tmp_path):
+    """`edgekit build --eval none` then `run`: nothing to score is a warning with the fix, not a failed result."""
+
+    def no_eval(manifest):
+        manifest["eval"] = None
+
+    bundle = tools.rewrite_bundle(cpu_bundle, str(tmp_path / "no-eval"), edit_manifest=no_eval)
+    run = tools.run(tools.quick("run", bundle, "--variant", "fp32"))
+    assert run.rc == 0, run.stderr
+    assert run.result["ok"] is True and run.result["errors"] == []
+    (fp32,) = run.result["runs"]
+    assert fp32["status"] == "ok" and fp32["latency_ms"]["p50"] > 0 and fp32["accuracy"] is None
+    assert any("accuracy not measured" in w and "--eval" in w for w in run.result["warnings"]), run.result["warnings"]

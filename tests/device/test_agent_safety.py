@@ -258,3 +258,11 @@ def test_bad_command_lines_are_one_line_errors(args, tools):
     run = tools.run(args)
     assert run.rc == 2
     assert "Traceback" not in run.stderr
+
+
+def test_a_missing_execution_provider_is_said_once_not_per_variant(scored_bundle, tools):
+    run = tools.run(tools.quick("bench", scored_bundle, "--providers", "CUDAExecutionProvider,CPUExecutionProvider"))
+    assert run.rc == 0, run.stderr
+    assert len(run.result["runs"]) >= 2 and all(r["status"] == "ok" for r in run.result["runs"])
+    lacks = [w for w in run.result["warnings"] if "lacks CUDAExecutionProvider" in w]
+    assert len(lacks) == 1, run.result["warnings"]
