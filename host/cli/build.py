@@ -1,6 +1,6 @@
 """`edgekit build`: a thin command over edgekit.host.bundle.build_bundle."""
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import click
 
@@ -125,4 +125,12 @@ def build(**kw: Any) -> None:
             style="red" if row.get("flag") else None,  # lost > 10 mAP points (the warning says why)
         )
     Console(width=120).print(table)
+    click.echo(stage_summary(result.stage_seconds, result.total_seconds))
     click.echo("built %s in %.1fs%s" % (result.out_dir, result.total_seconds, (", packed " + result.tar_path) if result.tar_path else ""))
+
+
+def stage_summary(stage_seconds: Dict[str, float], total: float) -> str:
+    """One line: where the build's time went, longest stage first, with its share."""
+    parts = ["%s %.1fs (%d%%)" % (stage, sec, round(100.0 * sec / total)) if total > 0 else "%s %.1fs" % (stage, sec)
+             for stage, sec in sorted(stage_seconds.items(), key=lambda kv: -kv[1]) if sec >= 0.05]
+    return "time by stage: " + (", ".join(parts) if parts else "none over 0.05s")

@@ -38,3 +38,10 @@ def test_display_prints_one_line_per_finished_stage():
     lines = [l for l in out.getvalue().splitlines() if l.strip()]
     assert lines[-2].split() == ["done", "export", "fp32", "1.2s:", "opset", "17"]
     assert lines[-1] == "warning: calibration images are few"
+
+
+def test_build_ends_with_where_its_time_went_longest_first():
+    from edgekit.host.cli.build import stage_summary
+
+    line = stage_summary({"export": 1.04, "prune": 321.7, "int8": 6.3, "operators": 0.01}, 340.0)
+    assert line == "time by stage: prune 321.7s (95%), int8 6.3s (2%), export 1.0s (0%)"
