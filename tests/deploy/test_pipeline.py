@@ -1,4 +1,5 @@
 """The deploy pipeline: interrupted deploys resume; Ctrl-C and --timeout leave nothing running."""
+import os
 import signal
 import subprocess
 import sys
@@ -33,12 +34,21 @@ def test_interrupted_deploy_resumes_and_sends_only_the_rest(sshd, ssh_options, s
 
     first = deploy([target], bundle, ssh_options, options, progress=cut_halfway, agent=agent_pyz[0], cancel=cancel)[0]
     assert not first.ok and "interrupted" in first.error
+    # What the board kept: bytes still in flight when the cut came (SSH window, socket
+    # buffers) are lost, so the kept part is at most what the host had sent.
+    remote = str(tmp_path / "remote")
+    kept = max([0] + [os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(remote) for f in names
+                      if f.endswith(".partial") and "fp32.onnx" in f])
+    assert 0 < kept < size
     events = []
     second = deploy([target], bundle, ssh_options, options, progress=events.append, agent=agent_pyz[0])[0]
     assert second.ok, second.error
     stats = second.sync
     assert stats.files_resumed == 1
-    assert 0 < stats.bytes_sent < size * 0.6  # only what was missing travelled
+    # Only the missing tail travelled: the resume started at least where the board's
+    # partial file stood when the first deploy gave up (the board may still have been
+    # writing what had arrived; the resumed prefix is hash-checked either way).
+    assert kept <= size - stats.bytes_sent < size
     # The sync's step events count bytes up to what was sent, in the host's progress protocol.
     steps = [e for e in events if e["event"] == "step"]
     assert steps and all(e["stage"] == "sync" and e["unit"] == "bytes" and e["target"] == target.name for e in steps)
