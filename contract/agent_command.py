@@ -39,6 +39,24 @@ def _seconds(text: str) -> float:
     return value
 
 
+MAX_BATCH = 1024
+
+
+def batch_sizes(text: str) -> List[int]:
+    """``"1,4,8"`` -> [1, 4, 8]: the batch sizes ``--batch`` times, each once, in order."""
+    sizes = []  # type: List[int]
+    for item in text.split(","):
+        try:
+            value = int(item.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not a whole number (e.g. --batch 1,4,8)" % item)
+        if not 1 <= value <= MAX_BATCH:
+            raise argparse.ArgumentTypeError("batch %d is out of range 1..%d" % (value, MAX_BATCH))
+        if value not in sizes:
+            sizes.append(value)
+    return sizes
+
+
 def add_measure_options(p: argparse.ArgumentParser, command: str) -> None:
     """The options of ``bench``, ``eval`` and ``run`` (the commands that measure)."""
     p.add_argument("--variant", action="append", metavar="NAME", help="only this variant (repeatable); default all")
@@ -61,6 +79,8 @@ def add_measure_options(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("--min-seconds", type=_seconds, metavar="S", help="time for at least S seconds")
         p.add_argument("--stage-images", type=_count, default=20, metavar="N", help="images for the pre/infer/post split in bench (default 20)")
         p.add_argument("--profile-layers", action="store_true", help="after the timed loop, time each layer with the runtime's profiler (ONNX Runtime; TensorRT's IProfiler)")
+        p.add_argument("--batch", type=batch_sizes, metavar="LIST",
+                       help="also time batches of these sizes, e.g. 1,4,8: latency per batch and images/s (sizes > 1 need a bundle built with --dynamic-batch)")
         p.add_argument("--energy", choices=ENERGY_MODES, default="auto", help="sample the power rails during the timed loop where the board has monitors (INA3221 sysfs, tegrastats); off: never")
     if command in ("eval", "run"):
         p.add_argument("--max-drift", type=_seconds, metavar="F", help="fail a variant whose mAP (or top-1) differs from the host's by more (default: the profile's, 0.01)")
@@ -83,6 +103,7 @@ class AgentCall(object):
         max_drift: Optional[float] = None,
         max_images: Optional[int] = None,
         profile_layers: bool = False,
+        batch: Optional[Sequence[int]] = None,
     ) -> None:
         if backend is not None and backend not in BACKEND_CHOICES:
             raise ValueError("backend must be one of %s, got %r" % (BACKEND_CHOICES, backend))
@@ -93,6 +114,7 @@ class AgentCall(object):
         self.max_drift = max_drift
         self.max_images = max_images
         self.profile_layers = bool(profile_layers)
+        self.batch = [int(b) for b in batch] if batch else None
 
     def _options(self) -> List[str]:
         args: List[str] = []
@@ -105,6 +127,8 @@ class AgentCall(object):
                 args += [flag, str(value)]
         if self.profile_layers:
             args.append("--profile-layers")
+        if self.batch:
+            args += ["--batch", ",".join(str(b) for b in self.batch)]
         return args
 
     def doctor_argv(self, python: str, agent: str, bundle: str) -> List[str]:

@@ -22,7 +22,11 @@ manifest.json::
     profile         the resolved profile (edgekit.host.profiles.Profile.to_dict)
     task            "detect" | "classify"
     model           {source, params, macs, ...}: where the model came from
-    input           {name, shape [1, 3, H, W], dtype}
+    input           {name, shape [1, 3, H, W], dtype, batch?}; batch is "dynamic" when
+                    the graphs were exported with a symbolic batch dimension
+                    (edgekit build --dynamic-batch: any batch size runs; shape
+                    and outputs are still written for batch 1); absent (older
+                    manifests, the default build) means the batch is fixed at 1
     outputs         [{name, shape}]
     preprocess      edgekit.calibration.preprocess.PreprocessSpec.to_dict()
     postprocess     edgekit.device.postprocess.PostprocessSpec.to_dict() (detect),
@@ -226,21 +230,29 @@ def find_variant(manifest: Dict[str, Any], name: str) -> Dict[str, Any]:
 # calibration / quantization details) stay dicts inside the records.
 
 
+BATCH_DYNAMIC = "dynamic"
+
+
 class TensorInfo(object):
-    def __init__(self, name: str, shape: List[Any], dtype: Optional[str] = None) -> None:
+    def __init__(self, name: str, shape: List[Any], dtype: Optional[str] = None, batch: Optional[str] = None) -> None:
+        if batch not in (None, BATCH_DYNAMIC):
+            raise EdgekitError("manifest input batch %r is not understood" % (batch,), "rebuild the bundle (batch is \"dynamic\" or absent)")
         self.name = str(name)
         self.shape = list(shape)
         self.dtype = dtype
+        self.batch = batch
 
     def to_dict(self) -> Dict[str, Any]:
         out = {"name": self.name, "shape": list(self.shape)}  # type: Dict[str, Any]
         if self.dtype is not None:
             out["dtype"] = self.dtype
+        if self.batch is not None:
+            out["batch"] = self.batch
         return out
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TensorInfo":
-        return cls(data["name"], data["shape"], data.get("dtype"))
+        return cls(data["name"], data["shape"], data.get("dtype"), data.get("batch"))
 
 
 class VariantRecord(object):

@@ -70,6 +70,12 @@ A run::
                      mj_per_inference_above_idle}], total / gpu / cpu {rails, rule, watts, idle_watts,
                      mj_per_inference, mj_per_inference_above_idle}, note}; a board without power
                      monitors: {source null, reason "..."} (absent, never zero)
+    throughput       null (no --batch), or (bench/run --batch 1,4,8) one entry per batch size
+                     asked, in that order: {batch, status "ok" | "skipped", reason (null, or
+                     why the size was not run, e.g. a bundle exported with a fixed batch),
+                     iterations, latency_ms {mean, std, min, p50, ...} per batched inference,
+                     images_per_s (batch * 1000 / mean latency; trtexec's throughput figure
+                     times the batch)}; the timed input is the bench input repeated batch times
 """
 import datetime
 from typing import Any, Dict, List, Optional
@@ -125,6 +131,7 @@ def new_run(variant: str, precision: str, backend: str, provider: Optional[str] 
         "environment": None,
         "layers": None,
         "energy": None,
+        "throughput": None,
     }
 
 

@@ -168,6 +168,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         trt_int8=args.trt_int8,
         profile_layers=getattr(args, "profile_layers", False),
         energy=getattr(args, "energy", "auto"),
+        batch=getattr(args, "batch", None),
     )
     progress = Progress(args.progress)
 

@@ -14,7 +14,7 @@ is trtexec's "GPU Compute Time"). Stdlib only.
 """
 import math
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from edgekit.contract.result import LATENCY_KEYS
 
@@ -79,6 +79,21 @@ def stage_summary(samples_ms: Sequence[float]) -> Optional[Dict[str, float]]:
 
 def throughput_fps(mean_ms: float) -> Optional[float]:
     return round(1000.0 / mean_ms, 2) if mean_ms > 0 else None
+
+
+def batch_entry(batch: int, latency_ms: Optional[Dict[str, float]], reason: Optional[str] = None, iterations: int = 0) -> Dict[str, Any]:
+    """One entry of run["throughput"] (edgekit.contract.result): images/s = batch * 1000 / mean ms."""
+    if latency_ms is None:
+        return {"batch": batch, "status": "skipped", "reason": reason, "iterations": 0, "latency_ms": None, "images_per_s": None}
+    mean = latency_ms["mean"]
+    return {
+        "batch": batch,
+        "status": "ok",
+        "reason": None,
+        "iterations": iterations,
+        "latency_ms": latency_ms,
+        "images_per_s": round(batch * 1000.0 / mean, 2) if mean > 0 else None,
+    }
 
 
 def measure(

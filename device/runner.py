@@ -45,6 +45,7 @@ class Options(object):
         trt_int8: str = "auto",
         profile_layers: bool = False,
         energy: str = "auto",
+        batch: Optional[List[int]] = None,
     ) -> None:
         if command not in COMMANDS:
             raise ValueError("command must be one of %s" % (COMMANDS,))
@@ -66,6 +67,7 @@ class Options(object):
         self.trt_int8 = trt_int8
         self.profile_layers = profile_layers
         self.energy = energy
+        self.batch = list(batch) if batch else None
 
 
 def resolve_settings(options: Options, profile: Dict[str, Any]) -> Dict[str, Any]:
@@ -92,6 +94,7 @@ def resolve_settings(options: Options, profile: Dict[str, Any]) -> Dict[str, Any
         "trt_int8": options.trt_int8,
         "profile_layers": bool(options.profile_layers),
         "energy": options.energy,
+        "batch": options.batch,
         "bench_input": None,
     }
 
@@ -307,6 +310,8 @@ def _run_variant(
                 _warn(result, progress, "%s: %s" % (name, w))
         if options.command in ("bench", "run"):
             _time_inference(bundle, runner, run, task, settings, progress, result)
+            if options.batch:
+                _time_batches(bundle, runner, run, task, settings, progress)
             if options.profile_layers:
                 _profile_layers(bundle, runner, run, task, settings, progress, result)
         if task is not None and task.images:
@@ -370,6 +375,43 @@ def _time_inference(bundle: Any, runner: Any, run: Dict[str, Any], task: Any, se
     run["environment"] = environment.compare(marks.get("start") or end, end, environment.passive_trips_c())
     if run["environment"]["throttled"]:
         _warn(result, progress, "%s: the board throttled during the run (%s); latency is not steady-state" % (name, "; ".join(run["environment"]["throttle_reasons"])))
+
+
+def _time_batches(bundle: Any, runner: Any, run: Dict[str, Any], task: Any, settings: Dict[str, Any], progress: Progress) -> None:
+    """run["throughput"]: the timing loop again per --batch size, on the bench input repeated.
+
+    A size the bundle cannot run (a fixed batch of 1, or a backend that times
+    batch 1 only) is skipped with its reason, not failed.
+    """
+    import numpy as np
+
+    from .latency import batch_entry, measure, summarize
+
+    name = run["variant"]
+    dynamic = (bundle.manifest.get("input") or {}).get("batch") == "dynamic"
+    x = _bench_input(bundle, task, runner, settings)
+    entries = []  # type: List[Dict[str, Any]]
+    for size in settings["batch"]:
+        reason = None
+        if size > 1 and not dynamic:
+            reason = "the bundle's graphs have a fixed batch of 1; rebuild with edgekit build --dynamic-batch"
+        elif size > 1 and runner.backend != "onnxruntime":
+            reason = "the %s backend times batch 1 only in edgekit yet; use --backend onnxruntime" % runner.backend
+        if reason is not None:
+            entries.append(batch_entry(size, None, reason=reason))
+            continue
+        runner.prepare(np.repeat(x, size, axis=0) if size > 1 else x)
+        progress.event("phase", variant=name, phase="batch %d" % size)
+        samples, _warm, _wall = measure(
+            runner.timed_step,
+            warmup=settings["warmup"],
+            warmup_seconds=settings["warmup_seconds"],
+            iterations=settings["iterations"],
+            min_seconds=settings["min_seconds"],
+        )
+        entries.append(batch_entry(size, summarize(samples), iterations=len(samples)))
+    runner.prepare(x)  # later passes see the batch-1 input again
+    run["throughput"] = entries
 
 
 def _profile_layers(bundle: Any, runner: Any, run: Dict[str, Any], task: Any, settings: Dict[str, Any], progress: Progress, result: Dict[str, Any]) -> None:

@@ -116,6 +116,7 @@ class EngineRequest(object):
         sparse: bool = False,
         calibration: Optional[Tuple[str, str, str]] = None,
         int8_request: str = "auto",
+        max_batch: int = 1,
     ) -> None:
         self.model_path = model_path
         self.model_file = model_file
@@ -126,15 +127,20 @@ class EngineRequest(object):
         self.int8_request = int8_request
         self.dla_core = int(settings.get("dla_core", -1))
         self.workspace_mb = int(settings.get("workspace_mb", 2048))
+        # A graph with a dynamic batch gets one optimisation profile: min 1, opt = max = max_batch.
+        self.max_batch = max(1, int(max_batch))
 
     def build_fields(self) -> Dict[str, Any]:
-        return {
+        fields = {
             "precision": self.precision,
             "dla_core": self.dla_core,
             "sparse": self.sparse,
             "workspace_mb": self.workspace_mb,
             "int8": self.int8_request,
-        }
+        }  # type: Dict[str, Any]
+        if self.max_batch > 1:  # batch 1 keeps the cache keys of engines built before profiles existed
+            fields["max_batch"] = self.max_batch
+        return fields
 
 
 class LoadedEngine(object):
@@ -174,6 +180,9 @@ class EngineLoader(object):
         fields = self.cache_fields(request, info, cuda_version)
         key = engine_cache.cache_key(fields)
         path = engine_cache.engine_path(self.directory, key)
+        # Plugins (EfficientNMS_TRT of `edgekit build --nms graph`) must be registered
+        # before a network that uses them is parsed, or an engine holding them deserialised.
+        register_plugins(self.trt, self.logger)
         runtime = self.trt.Runtime(self.logger)
         started = time.perf_counter()
         engine = self._from_cache(runtime, path, on_phase)
@@ -219,6 +228,14 @@ class EngineLoader(object):
         return engine
 
 
+def register_plugins(trt: Any, logger: Any) -> bool:
+    """TensorRT's own plugin library (initLibNvInferPlugins); idempotent. False where the build has none."""
+    init = getattr(trt, "init_libnvinfer_plugins", None)
+    if init is None:
+        return False
+    return bool(init(logger, ""))
+
+
 def _parse(trt: Any, api: TrtApi, logger: Any, builder: Any, request: EngineRequest) -> Tuple[Any, Any]:
     flags = 0
     if api.network_flag and hasattr(trt.NetworkDefinitionCreationFlag, api.network_flag):
@@ -252,6 +269,37 @@ def _configure(trt: Any, api: TrtApi, builder: Any, plan: BuildPlan, workspace_m
     return config
 
 
+def add_batch_profile(builder: Any, network: Any, config: Any, max_batch: int) -> Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]]:
+    """One optimisation profile covering every input whose batch dimension is dynamic.
+
+    TensorRT cannot build a network with a dynamic input without a profile:
+    ``builder.create_optimization_profile()``, ``profile.set_shape(name, min,
+    opt, max)``, ``config.add_optimization_profile(profile)`` (TensorRT 7 to 10).
+    min is batch 1, opt and max the largest batch asked; the other dimensions
+    must be fixed. Returns {input name: (min, opt, max)}; {} for a static graph.
+    """
+    top = max(1, int(max_batch))
+    shapes = {}  # type: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]]
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(int(d) for d in (getattr(tensor, "shape", None) or ()))
+        if not shape or shape[0] >= 0:
+            continue
+        rest = shape[1:]
+        if any(d < 0 for d in rest):
+            raise CannotRun(
+                "input %s has dynamic dimensions besides the batch (%s)" % (tensor.name, list(shape)),
+                "export the model with a fixed input size (edgekit build --dynamic-batch makes only the batch dynamic)",
+            )
+        shapes[tensor.name] = ((1,) + rest, (top,) + rest, (top,) + rest)
+    if shapes:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    return shapes
+
+
 def build_serialized(trt: Any, api: TrtApi, logger: Any, request: EngineRequest) -> Tuple[bytes, BuildPlan]:
     """Parse the ONNX file, choose the build flags (:func:`plan_build`), build the plan."""
     builder = trt.Builder(logger)
@@ -267,6 +315,7 @@ def build_serialized(trt: Any, api: TrtApi, logger: Any, request: EngineRequest)
     plan = plan_build(api, request.precision, has_qdq, has_half, cache_state, request.dla_core, num_dla, request.sparse,
                       request.workspace_mb, request.model_file, request.int8_request)
     config = _configure(trt, api, builder, plan, request.workspace_mb)
+    add_batch_profile(builder, network, config, request.max_batch)
     calibrator = None
     if plan.int8_mode == "implicit" and cache_bytes is not None:
         calibrator = _make_calibrator(trt, cache_bytes)

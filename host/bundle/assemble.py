@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from edgekit.calibration.images import ImageBatch, discover_images, load_images
 from edgekit.contract._version import __version__
 from edgekit.contract.manifest import Manifest, TensorInfo, VariantRecord
+from edgekit.contract.specs import PostprocessSpec
 
 from edgekit.host.bundle.writer import BundleWriter, pack_tar
 from edgekit.contract.errors import EdgekitError
@@ -126,6 +127,8 @@ class _Build(object):
         self.io: Tuple[str, List[int], List[str], List[List[int]]] = ("images", [], [], [])
         self.torch_outputs: Dict[float, List[Any]] = {}
         self.simplify_info: Dict[str, Any] = {}
+        self.nms_files: List[str] = []  # --nms graph: files that have the tail
+        self.nms_post: Optional[PostprocessSpec] = None  # --nms graph: the bundle's postprocess (layout boxes)
 
     # -- inputs ---------------------------------------------------------------
 
@@ -194,7 +197,7 @@ class _Build(object):
             self.export_info = {"exporter": None, "opset": None, "fallback_from": []}
         else:
             with self.r.stage("export", label) as info:
-                result = X.export_onnx(model, self.source.input_size, raw, self.plan.opset, self.options.exporters)
+                result = X.export_onnx(model, self.source.input_size, raw, self.plan.opset, self.options.exporters, dynamic_batch=self.options.dynamic_batch)
                 for failure in result.failures:
                     self.r.warn("%s; used the %s exporter instead" % (failure, result.exporter))
                 self.export_info = result.to_dict()
@@ -271,6 +274,25 @@ class _Build(object):
             self.build_fp16(ratio, model, fp32_path, fp32_rel, parity)
         if "int8" in self.plan.variants:
             self.build_int8(ratio, model, fp32_path, fp32_rel)
+        if self.options.nms == "graph" and self.profile.runtime != "tensorrt":
+            self.append_nms(ratio)
+
+    def append_nms(self, ratio: float) -> None:
+        """--nms graph: the decode + NMS tail appended to this ratio's finished graphs (after int8: never quantized)."""
+        from edgekit.host.export.nms_graph import append_nms_file, nms_spec
+
+        with self.r.stage("nms", variant_name(ratio, "graph")) as info:
+            done = set(self.nms_files)
+            for v in self.variants:
+                if v["file"] not in done:
+                    append_nms_file(self.writer.path(v["file"]), self.source.postprocess, self.profile.runtime)
+                    v["notes"].append("decode + NMS in the graph (%s)" % ("EfficientNMS_TRT; host metrics are of the graph before it, which ONNX Runtime can run"
+                                                                           if self.profile.runtime == "tensorrt" else "NonMaxSuppression"))
+                    done.add(v["file"])
+                    self.io = X.onnx_io(self.writer.path(v["file"]))
+            self.nms_files = sorted(done)
+            self.nms_post = nms_spec(self.source.postprocess)
+            info["detail"] = "%d graphs" % len(done)
 
     def build_fp16(self, ratio: float, model: Any, fp32_path: str, fp32_rel: Optional[str], parity: Optional[Dict[str, Any]]) -> None:
         from edgekit.host.quantize.fp16 import needs_fp16_graph, to_fp16
@@ -359,7 +381,7 @@ class _Build(object):
                         images,
                         annotations,
                         self.source.preprocess,
-                        self.source.postprocess,
+                        self.nms_post or self.source.postprocess,
                         progress=self.r.counter("evaluate", v["name"], "images"),
                     )
                     info["detail"] = "mAP %.3f, mAP50 %.3f on %d images" % (stats["map"], stats["map50"], stats["images"])
@@ -389,10 +411,12 @@ class _Build(object):
                 "input_size": list(src.input_size),
                 "opset": self.plan.opset,
             },
-            input=TensorInfo(input_name, input_shape, "float32"),
-            outputs=[TensorInfo(n, s) for n, s in zip(output_names, output_shapes)],
+            # A dynamic batch is recorded as input.batch "dynamic"; shapes stay those of batch 1.
+            input=TensorInfo(input_name, [1] + list(input_shape[1:]) if input_shape[:1] == [-1] else input_shape, "float32",
+                             batch="dynamic" if input_shape[:1] == [-1] else None),
+            outputs=[TensorInfo(n, [1] + list(s[1:]) if s[:1] == [-1] else s) for n, s in zip(output_names, output_shapes)],
             preprocess=src.preprocess.to_dict(),
-            postprocess=src.postprocess.to_dict(),
+            postprocess=(self.nms_post or src.postprocess).to_dict(),
             eval=self.eval_block,
             variants=[VariantRecord.from_dict(v) for v in self.variants],
             build={
@@ -425,6 +449,9 @@ def build_bundle(options: BuildOptions, progress: Optional[Callback] = None) -> 
             for ratio in plan.prune:
                 build.build_ratio(ratio)
             build.host_metrics()
+            if options.nms == "graph" and build.profile.runtime == "tensorrt":
+                # EfficientNMS_TRT runs only in TensorRT: host metrics are those of the graphs before the tail.
+                build.append_nms(0.0)
             with reporter.stage("write bundle") as info:
                 manifest = build.manifest()
                 out_dir = writer.commit(manifest)

@@ -37,6 +37,8 @@ class BuildOptions:
     device: str = "auto"  # where recovery trains: auto (CUDA when torch sees a GPU), cpu, cuda
     max_map_drop: Optional[float] = None  # int8: keep layers float until mAP is within this many points of fp32
     int8_tool: Optional[str] = None  # "onnxruntime" (default) or "modelopt" (TensorRT profiles)
+    nms: str = "numpy"  # "graph": decode + NMS appended to every graph (host/export/nms_graph.py)
+    dynamic_batch: bool = False  # export with a symbolic batch dimension (manifest input.batch: "dynamic")
 
 
 @dataclasses.dataclass
@@ -116,6 +118,10 @@ def resolve(options: BuildOptions, model_name: str) -> Plan:
         raise EdgekitError("--calib-images must be at least 1", "pass e.g. --calib-images 128")
     if options.eval_images is not None and options.eval_images < 1:
         raise EdgekitError("--eval-images must be at least 1", "leave it out to evaluate on every image")
+    if options.nms not in ("numpy", "graph"):
+        raise EdgekitError("--nms %r is unknown" % (options.nms,), "use --nms numpy (the agent's numpy NMS) or --nms graph (NMS inside the model)")
+    if options.nms == "graph" and getattr(options, "dynamic_batch", False):
+        raise EdgekitError("--nms graph is built for batch 1 and cannot be combined with --dynamic-batch", "drop one of --nms graph and --dynamic-batch")
     for exporter in options.exporters:
         if exporter not in EXPORTERS:
             raise EdgekitError("unknown exporter %r" % exporter, "use %s" % " or ".join(EXPORTERS))

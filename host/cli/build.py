@@ -62,6 +62,9 @@ def _fmt(value: Any, pattern: str) -> str:
               help="int8: keep the most sensitive layers float, round by round, until mAP is within POINTS (mAP x 100) of fp32 (needs an eval set).")
 @click.option("--int8-tool", type=click.Choice(["onnxruntime", "modelopt"]), default=None,
               help="int8 quantizer: ONNX Runtime's (default) or NVIDIA's TensorRT Model Optimizer (TensorRT profiles; pip install nvidia-modelopt).")
+@click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension (any batch size at run time; edgekit-agent bench --batch 1,4,8).")
+@click.option("--nms", type=click.Choice(["numpy", "graph"]), default="numpy", show_default=True,
+              help="Where decode + NMS runs: the agent's numpy code, or inside the graph (ONNX NonMaxSuppression; TensorRT's EfficientNMS_TRT on TensorRT profiles).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration image sampling.")
 @click.option("--prune-criterion", type=click.Choice(["l1", "bn"]), default=None, help="Channel importance for --prune (default l1).")
 @click.option("--prune-strategy", type=click.Choice(["uniform", "global", "sensitivity"]), default=None, help="How --prune spreads the ratio over layers (default uniform).")
@@ -100,6 +103,8 @@ def build(**kw: Any) -> None:
         device=kw["device"],
         max_map_drop=kw["max_map_drop"],
         int8_tool=kw["int8_tool"],
+        nms=kw["nms"],
+        dynamic_batch=kw["dynamic_batch"],
     )
     console = Console(stderr=True, width=120)
     display = ProgressDisplay(console)

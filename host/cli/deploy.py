@@ -41,6 +41,7 @@ from edgekit.contract.errors import EdgekitError
 @click.option("--iterations", type=click.IntRange(1), help="Agent timed iterations.")
 @click.option("--max-drift", type=click.FloatRange(0), help="Accuracy gate: largest mAP drift from the host's allowed.")
 @click.option("--max-images", type=click.IntRange(1), help="Evaluate on the first N images only (no drift gate).")
+@click.option("--batch", "batch", default=None, metavar="LIST", help="Also time batches of these sizes, e.g. 1,4,8 (result key 'throughput'; sizes > 1 need a build with --dynamic-batch).")
 @click.option("--profile-layers", is_flag=True, help="After each variant's timed loop, time every layer with the runtime's profiler (result key 'layers').")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON on stdout.")
 def deploy(
@@ -71,6 +72,7 @@ def deploy(
     max_drift: Optional[float],
     max_images: Optional[int],
     profile_layers: bool,
+    batch: Optional[str],
     as_json: bool,
 ) -> None:
     """Deploy a bundle to TARGETS and measure it there.
@@ -114,7 +116,7 @@ def deploy(
         results_dir=results_dir,
         run=not sync_only,
         doctor=not skip_doctor,
-        agent=AgentCall(variants, backend, warmup, iterations, max_drift, max_images, profile_layers=profile_layers),
+        agent=AgentCall(variants, backend, warmup, iterations, max_drift, max_images, profile_layers=profile_layers, batch=_batch_sizes(batch)),
         run_timeout=run_timeout,
     )
     if not bundle_dir:
@@ -179,3 +181,17 @@ def _outcome_dict(o: DeployOutcome) -> dict:
         "sync": o.sync.to_dict() if o.sync else None,
         "seconds": o.seconds,
     }
+
+
+def _batch_sizes(text: Optional[str]) -> Optional[List[int]]:
+    """--batch parsed as the agent parses it (edgekit.contract.agent_command.batch_sizes)."""
+    import argparse
+
+    from edgekit.contract.agent_command import batch_sizes
+
+    if not text:
+        return None
+    try:
+        return batch_sizes(text)
+    except argparse.ArgumentTypeError as exc:
+        raise EdgekitError("--batch %s: %s" % (text, exc), "pass batch sizes 1..1024, comma-separated, e.g. --batch 1,4,8")

@@ -20,6 +20,7 @@ from edgekit.contract.errors import EdgekitError
 
 from . import EXPORTERS
 INPUT_NAME = "images"
+BATCH_DIM = "batch"
 
 
 @dataclasses.dataclass
@@ -55,8 +56,11 @@ def _one_line(exc: BaseException) -> str:
     return "%s: %s" % (type(exc).__name__, text[:300])
 
 
-def _export_once(model: torch.nn.Module, example: torch.Tensor, path: str, opset: int, exporter: str, output_names: Sequence[str]) -> None:
+def _export_once(model: torch.nn.Module, example: torch.Tensor, path: str, opset: int, exporter: str, output_names: Sequence[str], dynamic_batch: bool = False) -> None:
     kwargs = dict(input_names=[INPUT_NAME], output_names=list(output_names), opset_version=opset, do_constant_folding=True)
+    if dynamic_batch:
+        # Dimension 0 of the input and of every output is the symbolic "batch".
+        kwargs["dynamic_axes"] = {name: {0: BATCH_DIM} for name in [INPUT_NAME] + list(output_names)}
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
@@ -90,8 +94,13 @@ def export_onnx(
     path: str,
     opset: int,
     exporters: Sequence[str] = EXPORTERS,
+    dynamic_batch: bool = False,
 ) -> ExportResult:
     """Export ``model`` for a (1, 3, H, W) input to ``path``; first exporter that works wins.
+
+    ``dynamic_batch``: the batch dimension (0) of the input and outputs is
+    symbolic, so one file runs any batch size; an exporter whose file still has
+    a fixed batch counts as failed.
 
     Output names are ``output0``, ``output1``, ... as YOLOv5's export writes them.
     The written file is checked with onnx's checker before it is accepted.
@@ -114,8 +123,10 @@ def export_onnx(
         if os.path.exists(path):
             os.remove(path)
         try:
-            _export_once(model, example, path, opset, exporter, output_names)
+            _export_once(model, example, path, opset, exporter, output_names, dynamic_batch)
             onnx.checker.check_model(path)
+            if dynamic_batch and onnx_io(path)[1][:1] != [-1]:
+                raise ValueError("the exported input's batch dimension is fixed, not dynamic")
         except Exception as exc:  # every exporter failure is reported, then the next is tried
             failures.append("%s exporter: %s" % (exporter, _one_line(exc)))
             continue

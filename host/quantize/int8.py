@@ -22,7 +22,7 @@ import io
 import logging
 import os
 import shutil
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -155,12 +155,30 @@ def _quiet():
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _scratch_cwd() -> Iterator[None]:
+    import tempfile
+
+    here = os.getcwd()
+    scratch = tempfile.mkdtemp(prefix="edgekit-shape-")
+    os.chdir(scratch)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def pre_process(src: str, dst: str) -> onnx.ModelProto:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with _quiet():
         try:
-            quant_pre_process(src, dst, skip_symbolic_shape=False)
+            # On a failure (e.g. a dynamic batch, edgekit build --dynamic-batch) ONNX Runtime's
+            # symbolic shape inference saves sym_shape_infer_temp.onnx + a .data file in the
+            # current directory: run it in a scratch one.
+            with _scratch_cwd():
+                quant_pre_process(os.path.abspath(src), os.path.abspath(dst), skip_symbolic_shape=False)
         except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough here
             quant_pre_process(src, dst, skip_symbolic_shape=True)
     model = name_nodes(onnx.load(dst))

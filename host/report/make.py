@@ -5,7 +5,7 @@ from typing import List, Optional, Sequence
 
 from .layers import TOP_LAYERS, write_layers_report
 from .load import load_results
-from .plots import plot_frontier, plot_per_class, plot_pr, plot_stages
+from .plots import plot_energy, plot_frontier, plot_per_class, plot_pr, plot_stages
 from .table import Row, build_rows
 from .writers import write_csv, write_markdown
 
@@ -35,7 +35,7 @@ def make_report(
         write_csv(rows, os.path.join(out_dir, "report.csv")),
     ]
     if plots:
-        for plot, name in ((plot_frontier, "latency_vs_map.png"), (plot_stages, "stages.png")):
+        for plot, name in ((plot_frontier, "latency_vs_map.png"), (plot_energy, "energy_vs_map.png"), (plot_stages, "stages.png")):
             written = plot(rows, os.path.join(out_dir, name))
             if written:
                 files.append(written)

@@ -2,6 +2,8 @@
 
 * frontier: p50 latency (x) against mAP@0.5:0.95 (y), one colour per bundle, one
   marker per target, p90/p99 whiskers, the Pareto front of each target named in the legend.
+* energy_vs_map: mJ per inference (x, total rail) against mAP@0.5:0.95 (y), labelled
+  like the frontier; drawn only when some run measured energy (boards with power monitors).
 * stages: per-image preprocess / inference / postprocess means as stacked bars,
   one bar per run: shows when NMS or decoding, not the network, is the cost.
 * per_class_ap: AP@0.5:0.95 per class (and the mean, mAP), one bar per bundle/variant.
@@ -180,6 +182,52 @@ def frontier_figure(rows: Sequence[Row]) -> Any:
     # Label text in its bundle's colour (darkened), so a crowded row still says which point is whose.
     _place_labels(ax, fig, [(r.p50_ms, r.map, r.variant, _darker(colour[r.bundle])) for r in usable], fontsize=8, avoid=whiskers)
     return fig
+
+
+def energy_figure(rows: Sequence[Row]) -> Any:
+    """mJ per inference against mAP (matplotlib), or None when no run has both numbers."""
+    usable = [r for r in rows if r.status == "ok" and r.mj_per_inf is not None and r.map is not None]
+    if not usable:
+        return None
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    targets = list(dict.fromkeys(r.target for r in usable))
+    bundles = list(dict.fromkeys(r.bundle for r in usable))
+    colour = {b: "C%d" % (i % 10) for i, b in enumerate(bundles)}
+    marker = {t: MARKERS[i % len(MARKERS)] for i, t in enumerate(targets)}
+    for r in usable:
+        ax.scatter([r.mj_per_inf], [r.map], color=colour[r.bundle], marker=marker[r.target], s=40, zorder=3, edgecolors="black", linewidths=0.5)
+    handles = [Line2D([], [], color=colour[b], marker="o", linestyle="", label="bundle %s" % b) for b in bundles]
+    if len(targets) > 1:
+        handles += [Line2D([], [], color="grey", marker=marker[t], linestyle="", label="target %s" % t) for t in targets]
+    for i, target in enumerate(targets):
+        front = pareto_front([(r.mj_per_inf, r.map) for r in usable if r.target == target])
+        if len(front) > 1:
+            style = LINESTYLES[i % len(LINESTYLES)]
+            ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linestyle=style, linewidth=1, zorder=1)
+            handles.append(Line2D([], [], color="black", linestyle=style, label="Pareto front" + (" (%s)" % target if len(targets) > 1 else "")))
+    ax.margins(x=0.15, y=0.12)
+    ax.set_xlabel("energy per inference (mJ, total rail), lower is better")
+    metric = "top-1" if usable[0].metric == "top1" else "mAP@0.5:0.95"
+    ax.set_ylabel("%s, higher is better" % metric)
+    ax.set_title("Energy / accuracy per variant")
+    ax.grid(True, alpha=0.3)
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    _place_labels(ax, fig, [(r.mj_per_inf, r.map, r.variant, _darker(colour[r.bundle])) for r in usable], fontsize=8)
+    return fig
+
+
+def plot_energy(rows: Sequence[Row], path: str) -> Optional[str]:
+    """Energy against mAP; None (no file) when no run measured energy."""
+    fig = energy_figure(rows)
+    if fig is None:
+        return None
+    try:
+        return _save(fig, path)
+    finally:
+        _pyplot().close(fig)
 
 
 def plot_stages(rows: Sequence[Row], path: str) -> Optional[str]:

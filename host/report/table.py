@@ -30,6 +30,8 @@ class Row:
     mean_ms: Optional[float] = None
     fps: Optional[float] = None
     mj_per_inf: Optional[float] = None  # energy per inference, total rail (boards with power monitors)
+    img_s: Optional[float] = None  # images/s at the largest batch timed (bench --batch), throughput key
+    img_s_batch: Optional[int] = None  # that batch size
     pre_ms: Optional[float] = None
     infer_ms: Optional[float] = None
     post_ms: Optional[float] = None
@@ -62,6 +64,7 @@ COLUMNS: Tuple[Tuple[str, str, str], ...] = (
     ("p99_ms", "p99 ms", "%.2f"),
     ("fps", "FPS", "%.1f"),
     ("mj_per_inf", "mJ/inf", "%.1f"),
+    ("img_s", "img/s", "%.1f"),
     ("pre_ms", "pre ms", "%.2f"),
     ("infer_ms", "infer ms", "%.2f"),
     ("post_ms", "post ms", "%.2f"),
@@ -86,6 +89,16 @@ def _get(d: Any, *keys: str) -> Any:
 
 def _num(value: Any) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _largest_batch(run: Dict[str, Any]) -> Tuple[Optional[int], Optional[float]]:
+    """(batch, images/s) of the largest batch size that ran (run["throughput"], bench --batch)."""
+    entries = run.get("throughput")
+    done = [e for e in entries if isinstance(e, dict) and e.get("status") == "ok" and _num(e.get("images_per_s")) is not None] if isinstance(entries, list) else []
+    if not done:
+        return None, None
+    top = max(done, key=lambda e: int(e.get("batch") or 0))
+    return int(top.get("batch") or 0), _num(top.get("images_per_s"))
 
 
 def _stage(run: Dict[str, Any], name: str) -> Optional[float]:
@@ -131,6 +144,8 @@ def rows_for(result: LoadedResult) -> List[Row]:
                 mean_ms=_num(lat.get("mean")),
                 fps=_num(run.get("throughput_fps")),
                 mj_per_inf=_num(_get(run, "energy", "total", "mj_per_inference")),
+                img_s=_largest_batch(run)[1],
+                img_s_batch=_largest_batch(run)[0],
                 pre_ms=_stage(run, "preprocess"),
                 infer_ms=_stage(run, "inference"),
                 post_ms=_stage(run, "postprocess"),
@@ -212,7 +227,7 @@ SUMMARY_COLUMNS = ("target", "bundle", "variant", "backend", "status", "p50_ms",
 # order while they fit (whole, never cut), then shown in COLUMNS order.
 IMPORTANCE = (
     "target", "bundle", "variant", "status", "p50_ms", "map", "speedup", "dmap", "fps", "p99_ms",
-    "drift", "mj_per_inf", "backend", "size_mb", "infer_ms", "map50", "pre_ms", "post_ms", "gmacs", "params_m",
+    "drift", "mj_per_inf", "img_s", "backend", "size_mb", "infer_ms", "map50", "pre_ms", "post_ms", "gmacs", "params_m",
 )
 # Without these a row cannot be told apart, so they are kept whatever the width.
 REQUIRED = ("target", "bundle", "variant", "status")

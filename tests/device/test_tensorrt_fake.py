@@ -313,6 +313,7 @@ def make_fake_tensorrt(version: str, log: list):
             return Engine(json.loads(data[len(b"FAKE-ENGINE"):].decode())["model"])
 
     trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
+    trt.init_libnvinfer_plugins = lambda logger, namespace: log.append(("plugins", namespace)) or True
     if major < 11:
 
         class IInt8EntropyCalibrator2(object):
@@ -356,6 +357,8 @@ def test_the_runner_measures_the_bundle_through_either_api(version, network_flag
     assert [b[1] for b in builds] == [[], ["FP16", "INT8"]]  # fp32; int8 from Q/DQ (explicit) with fp16 fallback
     assert builds[0][2] == ("WORKSPACE", manifest["profile"]["tensorrt"]["workspace_mb"] << 20)
     assert ("create_network", network_flag) in log
+    # TensorRT's plugins (EfficientNMS_TRT of --nms graph) are registered before the first parse.
+    assert log.index(("plugins", "")) < log.index(("create_network", network_flag))
     assert cuda.blocks == {}  # every buffer freed
     again = run_bundle(scored_bundle, Options(command="bench", backend="tensorrt", iterations=3, warmup=1, stage_images=1, engines_dir=engines), info=dict(FAKE_INFO))
     assert [r["engine"]["cache_hit"] for r in again["runs"]] == [True, True]
