@@ -11,7 +11,7 @@
   per bundle/variant; both from pycocotools' own arrays (host/report/curves.py).
 """
 import os
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from edgekit.contract.errors import EdgekitError
 from .table import Row
@@ -133,60 +133,28 @@ def plot_frontier(rows: Sequence[Row], path: str) -> Optional[str]:
     Colour: bundle; marker: target; whiskers: p90 (thick) and p99 (thin) right of
     the p50 point, since latency spread is one-sided; dashed: each target's Pareto front.
     """
-    fig = frontier_figure(rows)
-    if fig is None:
-        return None
-    try:
-        return _save(fig, path)
-    finally:
-        _pyplot().close(fig)
+    return _plot_and_save(frontier_figure(rows), path)
 
 
 def frontier_figure(rows: Sequence[Row]) -> Any:
     """The latency/mAP figure (matplotlib), or None when no run has both numbers."""
-    usable = [r for r in rows if r.status == "ok" and r.p50_ms is not None and r.map is not None]
-    if not usable:
-        return None
-    plt = _pyplot()
-    from matplotlib.lines import Line2D
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    targets = list(dict.fromkeys(r.target for r in usable))
-    bundles = list(dict.fromkeys(r.bundle for r in usable))
-    colour = {b: "C%d" % (i % 10) for i, b in enumerate(bundles)}
-    marker = {t: MARKERS[i % len(MARKERS)] for i, t in enumerate(targets)}
-    for r in usable:
-        for high, width in ((r.p99_ms, 1.0), (r.p90_ms, 2.5)):
-            if high is not None and high > r.p50_ms:
-                ax.plot([r.p50_ms, high], [r.map, r.map], color=colour[r.bundle], linewidth=width, alpha=0.6, zorder=2)
-        ax.scatter([r.p50_ms], [r.map], color=colour[r.bundle], marker=marker[r.target], s=40, zorder=3, edgecolors="black", linewidths=0.5)
-    handles = [Line2D([], [], color=colour[b], marker="o", linestyle="", label="bundle %s" % b) for b in bundles]
-    if len(targets) > 1:
-        handles += [Line2D([], [], color="grey", marker=marker[t], linestyle="", label="target %s" % t) for t in targets]
-    for i, target in enumerate(targets):
-        front = pareto_front([(r.p50_ms, r.map) for r in usable if r.target == target])
-        if len(front) > 1:
-            style = LINESTYLES[i % len(LINESTYLES)]
-            ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linestyle=style, linewidth=1, zorder=1)
-            handles.append(Line2D([], [], color="black", linestyle=style, label="Pareto front" + (" (%s)" % target if len(targets) > 1 else "")))
-    handles.append(Line2D([], [], color="grey", linewidth=2.5, label="p50 to p90 (thick), p99 (thin)"))
-    ax.margins(x=0.15, y=0.12)
-    ax.set_xlabel("inference latency p50 (ms), lower is better")
-    metric = "top-1" if usable[0].metric == "top1" else "mAP@0.5:0.95"
-    ax.set_ylabel("%s, higher is better" % metric)
-    ax.set_title("Speed / accuracy per variant")
-    ax.grid(True, alpha=0.3)
-    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    # The variant name only: colour and marker already say bundle and target.
-    whiskers = [(r.p50_ms, r.p99_ms, r.map) for r in usable if r.p99_ms is not None and r.p99_ms > r.p50_ms]
-    # Label text in its bundle's colour (darkened), so a crowded row still says which point is whose.
-    _place_labels(ax, fig, [(r.p50_ms, r.map, r.variant, _darker(colour[r.bundle])) for r in usable], fontsize=8, avoid=whiskers)
-    return fig
+    return _cost_vs_accuracy(rows, lambda r: r.p50_ms, "inference latency p50 (ms), lower is better", "Speed / accuracy per variant", whiskers=True)
 
 
 def energy_figure(rows: Sequence[Row]) -> Any:
     """mJ per inference against mAP (matplotlib), or None when no run has both numbers."""
-    usable = [r for r in rows if r.status == "ok" and r.mj_per_inf is not None and r.map is not None]
+    return _cost_vs_accuracy(rows, lambda r: r.mj_per_inf, "energy per inference (mJ, total rail), lower is better", "Energy / accuracy per variant")
+
+
+def plot_energy(rows: Sequence[Row], path: str) -> Optional[str]:
+    """Energy against mAP; None (no file) when no run measured energy."""
+    return _plot_and_save(energy_figure(rows), path)
+
+
+def _cost_vs_accuracy(rows: Sequence[Row], cost: Callable[[Row], Optional[float]], xlabel: str, title: str, whiskers: bool = False) -> Any:
+    """One point per variant, a cost (latency, energy) against mAP, with each target's
+    Pareto front; ``whiskers``: the p90/p99 latency spread to the right of each point."""
+    usable = [r for r in rows if r.status == "ok" and cost(r) is not None and r.map is not None]
     if not usable:
         return None
     plt = _pyplot()
@@ -198,36 +166,34 @@ def energy_figure(rows: Sequence[Row]) -> Any:
     colour = {b: "C%d" % (i % 10) for i, b in enumerate(bundles)}
     marker = {t: MARKERS[i % len(MARKERS)] for i, t in enumerate(targets)}
     for r in usable:
-        ax.scatter([r.mj_per_inf], [r.map], color=colour[r.bundle], marker=marker[r.target], s=40, zorder=3, edgecolors="black", linewidths=0.5)
+        if whiskers:
+            for high, width in ((r.p99_ms, 1.0), (r.p90_ms, 2.5)):
+                if high is not None and high > r.p50_ms:
+                    ax.plot([r.p50_ms, high], [r.map, r.map], color=colour[r.bundle], linewidth=width, alpha=0.6, zorder=2)
+        ax.scatter([cost(r)], [r.map], color=colour[r.bundle], marker=marker[r.target], s=40, zorder=3, edgecolors="black", linewidths=0.5)
     handles = [Line2D([], [], color=colour[b], marker="o", linestyle="", label="bundle %s" % b) for b in bundles]
     if len(targets) > 1:
         handles += [Line2D([], [], color="grey", marker=marker[t], linestyle="", label="target %s" % t) for t in targets]
     for i, target in enumerate(targets):
-        front = pareto_front([(r.mj_per_inf, r.map) for r in usable if r.target == target])
+        front = pareto_front([(cost(r), r.map) for r in usable if r.target == target])
         if len(front) > 1:
             style = LINESTYLES[i % len(LINESTYLES)]
             ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linestyle=style, linewidth=1, zorder=1)
             handles.append(Line2D([], [], color="black", linestyle=style, label="Pareto front" + (" (%s)" % target if len(targets) > 1 else "")))
+    if whiskers:
+        handles.append(Line2D([], [], color="grey", linewidth=2.5, label="p50 to p90 (thick), p99 (thin)"))
     ax.margins(x=0.15, y=0.12)
-    ax.set_xlabel("energy per inference (mJ, total rail), lower is better")
+    ax.set_xlabel(xlabel)
     metric = "top-1" if usable[0].metric == "top1" else "mAP@0.5:0.95"
     ax.set_ylabel("%s, higher is better" % metric)
-    ax.set_title("Energy / accuracy per variant")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    _place_labels(ax, fig, [(r.mj_per_inf, r.map, r.variant, _darker(colour[r.bundle])) for r in usable], fontsize=8)
+    # The variant name only: colour and marker already say bundle and target; labels avoid the whiskers.
+    avoid = [(r.p50_ms, r.p99_ms, r.map) for r in usable if whiskers and r.p99_ms is not None and r.p99_ms > r.p50_ms]
+    # Label text in its bundle's colour (darkened), so a crowded row still says which point is whose.
+    _place_labels(ax, fig, [(cost(r), r.map, r.variant, _darker(colour[r.bundle])) for r in usable], fontsize=8, avoid=avoid)
     return fig
-
-
-def plot_energy(rows: Sequence[Row], path: str) -> Optional[str]:
-    """Energy against mAP; None (no file) when no run measured energy."""
-    fig = energy_figure(rows)
-    if fig is None:
-        return None
-    try:
-        return _save(fig, path)
-    finally:
-        _pyplot().close(fig)
 
 
 def plot_stages(rows: Sequence[Row], path: str) -> Optional[str]:
