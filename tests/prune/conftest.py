@@ -6,6 +6,7 @@ can be imported as a module (for deep copies and pickling), written into a
 folder as ``file.py:factory`` for the loader and the CLI, and pickled into a
 YOLOv5-style checkpoint whose classes live only in that folder.
 """
+import contextlib
 import importlib
 import sys
 import types
@@ -220,6 +221,19 @@ def yolo_checkpoint(tmp_path):
     unique, so that it cannot already be importable; it is removed from
     sys.modules and sys.path afterwards.
     """
+    with fake_yolo_module(tmp_path) as (mod, code, package):
+        torch.manual_seed(0)
+        model = mod.TinyYolo().eval()
+        ckpt = tmp_path / "tiny.pt"
+        torch.save({"model": model.half(), "epoch": 3}, str(ckpt))
+    yield str(ckpt), str(code), package
+    _forget(package, code)
+
+
+@contextlib.contextmanager
+def fake_yolo_module(tmp_path):
+    """ZOO_SOURCE as ``<unique package>.yolo`` in a code folder, imported for the body:
+    yields (module, code folder, package name); the package is forgotten again after."""
     package = "fakeyolo_%s" % uuid.uuid4().hex[:8]
     code = tmp_path / "code"
     (code / package).mkdir(parents=True)
@@ -228,16 +242,12 @@ def yolo_checkpoint(tmp_path):
     sys.path.insert(0, str(code))
     try:
         importlib.invalidate_caches()
-        mod = importlib.import_module("%s.yolo" % package)
-        torch.manual_seed(0)
-        model = mod.TinyYolo().eval()
-        ckpt = tmp_path / "tiny.pt"
-        torch.save({"model": model.half(), "epoch": 3}, str(ckpt))
+        yield importlib.import_module("%s.yolo" % package), str(code), package
     finally:
-        sys.path.remove(str(code))
-        for key in [k for k in sys.modules if k == package or k.startswith(package + ".")]:
-            del sys.modules[key]
-    yield str(ckpt), str(code), package
+        _forget(package, code)
+
+
+def _forget(package, code):
     if str(code) in sys.path:
         sys.path.remove(str(code))
     for key in [k for k in sys.modules if k == package or k.startswith(package + ".")]:

@@ -4,10 +4,8 @@ The structure is reproduced with the synthetic TinyYolo (YOLOv5's own code is
 not ours to commit): the EMA differs from the model and is frozen, as
 ``ModelEMA`` leaves it; ``model`` has one layer frozen, as ``train.py --freeze`` does.
 """
-import importlib
 import json
 import sys
-import uuid
 from copy import deepcopy
 
 import numpy as np
@@ -17,19 +15,11 @@ from PIL import Image
 
 from edgekit.host.model.loading import load_model
 
-from .conftest import ZOO_SOURCE
+from .conftest import fake_yolo_module
 
 
 def _save_train_checkpoint(tmp_path, ema=True):
-    package = "fakeyolo_%s" % uuid.uuid4().hex[:8]
-    code = tmp_path / "code"
-    (code / package).mkdir(parents=True)
-    (code / package / "__init__.py").write_text("")
-    (code / package / "yolo.py").write_text(ZOO_SOURCE)
-    sys.path.insert(0, str(code))
-    try:
-        importlib.invalidate_caches()
-        mod = importlib.import_module("%s.yolo" % package)
+    with fake_yolo_module(tmp_path) as (mod, code, package):
         torch.manual_seed(0)
         model = mod.TinyYolo()
         for p in model.b1.parameters():  # train.py --freeze
@@ -57,10 +47,6 @@ def _save_train_checkpoint(tmp_path, ema=True):
         path = tmp_path / "last.pt"
         torch.save(ckpt, str(path))
         expected = {k: v.half().float() for k, v in (average if ema else model).state_dict().items() if v.is_floating_point()}
-    finally:
-        sys.path.remove(str(code))
-        for key in [k for k in sys.modules if k == package or k.startswith(package + ".")]:
-            del sys.modules[key]
     return str(path), str(code), package, expected
 
 
