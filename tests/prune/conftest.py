@@ -321,3 +321,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def image_dir(tmp_path):
+    """Six small random RGB images: unlabelled calibration/recovery input."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(str(folder / ("img%d.png" % i)))
+    return str(folder)

@@ -2,22 +2,10 @@
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from edgekit.host.model.loading import load_model
-
-
-@pytest.fixture()
-def image_dir(tmp_path):
-    folder = tmp_path / "calib"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(str(folder / ("img%d.png" % i)))
-    return str(folder)
 
 
 def test_prune_writes_model_report_and_chart(run_cli, capsys, zoo_file, tmp_path):

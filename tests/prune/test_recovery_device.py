@@ -1,8 +1,6 @@
 """Recovery: a wrongly guessed output layout, errors worded for their caller, and ``--device``."""
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from edgekit.contract.errors import EdgekitError
 from edgekit.host.prune import PruneConfig
@@ -11,16 +9,6 @@ from edgekit.host.prune.recovery import fits_layout, recover, resolve_device
 from edgekit.host.prune.run import prune_and_recover, write_pruned
 
 NO_GPU = not torch.cuda.is_available()
-
-
-@pytest.fixture()
-def image_dir(tmp_path):
-    folder = tmp_path / "calib"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(str(folder / ("img%d.png" % i)))
-    return str(folder)
 
 
 @pytest.fixture()
