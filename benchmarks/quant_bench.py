@@ -25,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -96,16 +96,22 @@ def prepare(name: str, calib_images: int, work: str) -> Dict[str, str]:
     return paths
 
 
-def interleaved_ms(paths: Dict[str, str], threads: int, rounds: int, runs: int) -> Dict[str, float]:
+def _session(path: str, threads: int, profile_prefix: Optional[str] = None) -> Any:
+    """A CPU session with ``threads`` intra-op threads (and ORT's profiler when a prefix is given)."""
     import onnxruntime as ort
 
-    sessions = {}
-    for k, p in paths.items():
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        sessions[k] = ort.InferenceSession(p, sess_options=options, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def interleaved_ms(paths: Dict[str, str], threads: int, rounds: int, runs: int) -> Dict[str, float]:
+    sessions = {k: _session(p, threads) for k, p in paths.items()}
     first = next(iter(sessions.values())).get_inputs()[0]
     x = np.random.default_rng(0).random([d if isinstance(d, int) else 1 for d in first.shape], dtype=np.float32)
     for s in sessions.values():  # warm-up
@@ -132,17 +138,8 @@ def interleaved_ms(paths: Dict[str, str], threads: int, rounds: int, runs: int) 
 def profile_ops(paths: Dict[str, str], runs: int = 30, threads: int = 1) -> Dict[str, Dict[str, float]]:
     """{variant: {op type: ms}} from ONNX Runtime's profiler, sessions run interleaved."""
     import json
-    import onnxruntime as ort
 
-    sessions = {}
-    for k, p in paths.items():
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(os.path.dirname(p), "profile-%s" % k)
-        sessions[k] = ort.InferenceSession(p, sess_options=options, providers=["CPUExecutionProvider"])
+    sessions = {k: _session(p, threads, profile_prefix=os.path.join(os.path.dirname(p), "profile-%s" % k)) for k, p in paths.items()}
     first = next(iter(sessions.values())).get_inputs()[0]
     x = np.random.default_rng(0).random([d if isinstance(d, int) else 1 for d in first.shape], dtype=np.float32)
     for _ in range(runs):

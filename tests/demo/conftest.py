@@ -19,3 +19,14 @@ def val_coco(demo_dataset):
     from edgekit.device.coco_eval import load_coco
 
     return load_coco(demo_dataset.val_annotations)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a CPU shared with other jobs, two OpenMP threads mostly wait for each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

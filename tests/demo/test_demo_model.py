@@ -87,15 +87,6 @@ def readme_map(repo_root):
     return float(found[0][0]), float(found[0][1])
 
 
-@pytest.fixture
-def one_thread():
-    # One thread: on a CPU shared with other jobs, two OpenMP threads mostly wait for each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_shipped_weights_reach_the_readme_map(demo_dataset, val_coco, readme_map, one_thread):
     stats = evaluate_torch(load_demo_model(), demo_dataset)
     reported_map, reported_map50 = readme_map

@@ -32,14 +32,6 @@ README_LINE = re.compile(r"^demo-v8 detector on the same split \(pycocotools\): 
 NC = len(CLASS_NAMES)
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- the network ----------------------------------------------------------------
 
 
