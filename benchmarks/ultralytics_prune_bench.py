@@ -13,14 +13,15 @@ between the two. Accuracy is not measured (random weights).
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from typing import List
 
-import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from prune_bench import ort_latency  # noqa: E402 - the same interleaved timing as the demo's pruning table
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -33,28 +34,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--runs", type=int, default=10, help="timed runs per model per round")
     return p.parse_args(argv)
-
-
-def _latency(paths: List[str], size: int, threads: int, rounds: int, runs: int) -> List[float]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sessions = [ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for p in paths]
-    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    times: List[List[float]] = [[] for _ in paths]
-    for s in sessions:
-        for _ in range(3):
-            s.run(None, {s.get_inputs()[0].name: x})
-    for _ in range(rounds):
-        for i, s in enumerate(sessions):
-            name = s.get_inputs()[0].name
-            for _ in range(runs):
-                t = time.perf_counter()
-                s.run(None, {name: x})
-                times[i].append((time.perf_counter() - t) * 1000.0)
-    return [statistics.median(t) for t in times]
 
 
 def main(argv: List[str]) -> None:
@@ -79,7 +58,8 @@ def main(argv: List[str]) -> None:
         paths = [os.path.join(folder, "%s-%s.onnx" % (name, tag)) for tag in ("base", "pruned")]
         export_onnx(model, (args.size, args.size), paths[0], 17)
         export_onnx(result.model, (args.size, args.size), paths[1], 17)
-        before_ms, after_ms = _latency(paths, args.size, args.threads, args.rounds, args.runs)
+        timed = ort_latency({"base": paths[0], "pruned": paths[1]}, (args.size, args.size), args.threads, args.rounds, args.runs)
+        before_ms, after_ms = timed["base"]["p50_ms"], timed["pruned"]["p50_ms"]
         left = "; ".join("%s (%s)" % (e["block"], e["group"]) for e in r.excluded) or "-"
         rows.append(
             (name, r.params_before / 1e6, r.params_after / 1e6, r.macs_before / 1e9, r.macs_after / 1e9, r.aligned, before_ms, after_ms, left, seconds, r.problems)
