@@ -44,7 +44,7 @@ A run::
     iterations, warmup
     memory           {peak_rss_mb, gpu_mb (or null)}
     engine           null, or {build_s, cache_hit, cache_key, path} (TensorRT adds tensorrt, cuda,
-                      api, flags, int8_mode, dla_core)
+                      api, flags, int8_mode, dla_core, max_batch: the optimisation profile's largest batch)
     accuracy         null, or {metric: "coco_map" | "top1", stats {12 COCO names or top1/top5},
                       images, host_reference, drift (device - host), max_drift,
                       passed (null: not gated, e.g. no reference or a subset), note,

@@ -301,6 +301,7 @@ def _run_variant(
             log=lambda level, msg: progress.event("log", source=backend, level=level, message=msg),
             on_phase=lambda phase: progress.event("phase", variant=name, phase=phase),
             trt_int8=options.trt_int8,
+            max_batch=max(settings["batch"] or [1]),
         )
         run["provider"] = runner.provider
         run["engine"] = runner.engine
@@ -380,8 +381,9 @@ def _time_inference(bundle: Any, runner: Any, run: Dict[str, Any], task: Any, se
 def _time_batches(bundle: Any, runner: Any, run: Dict[str, Any], task: Any, settings: Dict[str, Any], progress: Progress) -> None:
     """run["throughput"]: the timing loop again per --batch size, on the bench input repeated.
 
-    A size the bundle cannot run (a fixed batch of 1, or a backend that times
-    batch 1 only) is skipped with its reason, not failed.
+    A size the bundle cannot run (its graphs have a fixed batch of 1) is
+    skipped with its reason, not failed. TensorRT engines are built with one
+    optimisation profile up to the largest size asked (create_runner's max_batch).
     """
     import numpy as np
 
@@ -395,8 +397,6 @@ def _time_batches(bundle: Any, runner: Any, run: Dict[str, Any], task: Any, sett
         reason = None
         if size > 1 and not dynamic:
             reason = "the bundle's graphs have a fixed batch of 1; rebuild with edgekit build --dynamic-batch"
-        elif size > 1 and runner.backend != "onnxruntime":
-            reason = "the %s backend times batch 1 only in edgekit yet; use --backend onnxruntime" % runner.backend
         if reason is not None:
             entries.append(batch_entry(size, None, reason=reason))
             continue

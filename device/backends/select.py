@@ -63,7 +63,9 @@ def create_runner(
     log: Optional[Callable[[str, str], None]] = None,
     on_phase: Optional[Callable[[str], None]] = None,
     trt_int8: str = "auto",
+    max_batch: int = 1,
 ) -> Runner:
+    """The runner for ``variant`` on ``backend``; ``max_batch`` sizes TensorRT's optimisation profile (dynamic-batch bundles)."""
     manifest = bundle.manifest
     profile = manifest.get("profile") or {}
     model_file = variant["file"]
@@ -114,5 +116,6 @@ def create_runner(
             log=log,
             on_phase=on_phase,
             int8_request=trt_int8,
+            max_batch=max_batch if manifest["input"].get("batch") == "dynamic" else 1,
         )
     raise EdgekitError("unknown backend %r" % backend, "use one of %s" % ", ".join(BACKEND_CHOICES))

@@ -51,6 +51,7 @@ class TrtRunner(Runner):
         log: Optional[LogSink] = None,
         on_phase: Optional[Callable[[str], None]] = None,
         int8_request: str = "auto",
+        max_batch: int = 1,
     ) -> None:
         super().__init__()
         import numpy as np
@@ -66,6 +67,8 @@ class TrtRunner(Runner):
         self.model_file = model_file
         self._model_path = model_path
         self.int8_request = int8_request if precision == "int8" else "auto"
+        # Largest batch the engine's optimisation profile admits (a dynamic-batch graph only).
+        self.max_batch = max(1, int(max_batch))
         try:
             self._open(model_path, model_sha256, precision, input_name, input_shape, info, settings, sparse, calibration, engines_dir, log, on_phase)
         except BaseException:
@@ -108,6 +111,7 @@ class TrtRunner(Runner):
             sparse=sparse,
             calibration=calibration,
             int8_request=self.int8_request,
+            max_batch=self.max_batch,
         )
         loader = EngineLoader(trt, self.api, self.logger, engines_dir)
         loaded = loader.load(request, info, version_string(self.cuda.runtime_version()), on_phase)
@@ -120,6 +124,8 @@ class TrtRunner(Runner):
         if self.context is None:
             raise out_of_memory("creating a TensorRT execution context for %s" % self.model_file, last_error(self.logger) or "no context")
         self._setup_io(input_name, input_shape)
+        self.stream = self.cuda.stream_create()
+        self.events = [self.cuda.event_create(), self.cuda.event_create()]
         free_after, _ = self.cuda.mem_info()
         self._gpu_used = max(self._gpu_before - free_after, 0)
 
@@ -199,8 +205,33 @@ class TrtRunner(Runner):
             else:
                 self.outputs.append((name, host, device, nbytes))
                 self.output_names.append(name)
-        self.stream = self.cuda.stream_create()
-        self.events = [self.cuda.event_create(), self.cuda.event_create()]
+
+    def _fit(self, shape: Sequence[int]) -> None:
+        """Rebind the I/O buffers for an input of ``shape`` (another batch size of a dynamic-batch engine).
+
+        TensorRT takes a new input shape per context (``set_input_shape`` /
+        ``set_binding_shape``) within the optimisation profile; output sizes
+        follow from it, so every buffer is sized again.
+        """
+        want = [int(d) for d in shape]
+        if want == self.input_shape:
+            return
+        if want[1:] != self.input_shape[1:] or not 1 <= want[0] <= self.max_batch:
+            raise CannotRun(
+                "%s: the engine takes %s with a batch of 1 to %d, not %s" % (self.model_file, self.input_shape[1:], self.max_batch, want),
+                "rebuild the bundle with edgekit build --dynamic-batch and ask for that batch with --batch",
+            )
+        self.cuda.stream_sync(self.stream)
+        self._free_io()
+        self.output_names = []
+        self._setup_io(self.input_name, want)
+
+    def _free_io(self) -> None:
+        for ptr in self.device_buffers:
+            self.cuda.free(ptr)
+        for ptr in self.host_buffers:
+            self.cuda.free_host(ptr)
+        self.device_buffers, self.host_buffers = [], []
 
     # --- running ---------------------------------------------------------------
 
@@ -217,6 +248,7 @@ class TrtRunner(Runner):
             raise EdgekitError("TensorRT failed to run %s (%s)" % (self.model_file, detail), "rebuild the engine: delete ~/.edgekit/engines and run again")
 
     def infer(self, x: Any) -> List[Any]:
+        self._fit(x.shape)
         self.np.copyto(self.host_in, x.reshape(self.host_in.shape), casting="same_kind")
         self.cuda.copy_async(self.device_in, self.host_in.ctypes.data, self.in_bytes, H2D, self.stream)
         self._execute()
@@ -320,11 +352,8 @@ class TrtRunner(Runner):
                 pass
         self.context = None
         self.engine_obj = None
-        for ptr in self.device_buffers:
-            cuda.free(ptr)
-        for ptr in self.host_buffers:
-            cuda.free_host(ptr)
+        self._free_io()
         for ev in self.events:
             cuda.event_destroy(ev)
         cuda.stream_destroy(self.stream)
-        self.device_buffers, self.host_buffers, self.events, self.stream = [], [], [], 0
+        self.events, self.stream = [], 0

@@ -210,6 +210,7 @@ class EngineLoader(object):
             "flags": list(plan.flags) if plan else None,
             "int8_mode": plan.int8_mode if plan else None,
             "dla_core": plan.dla_core if plan else read_dla(path),
+            "max_batch": request.max_batch,
         }
         return LoadedEngine(engine, facts, list(plan.warnings) if plan else [])
 

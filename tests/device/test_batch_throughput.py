@@ -1,7 +1,7 @@
 """Dynamic batch (edgekit build --dynamic-batch) and bench --batch (run["throughput"]).
 
 Real ONNX Runtime on the real demo bundle (fp32 and int8: ONNX Runtime's static
-quantization of the dynamic-batch graph), built once for this module.
+quantization of the dynamic-batch graph), built once (tests/device/conftest.py).
 """
 import argparse
 import json
@@ -19,32 +19,10 @@ BOX_TOL_PX = 1e-2
 SCORE_TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """(bundle path, what the build left in its working directory)."""
-    from edgekit.host.bundle import BuildOptions, build_bundle
-
-    out = tmp_path_factory.mktemp("bundles") / "demo-cpu-dynamic"
-    cwd = tmp_path_factory.mktemp("cwd")
-    options = BuildOptions(profile="cpu", out=str(out), variants=["fp32", "int8"], calib_images=8, eval_images=BATCH, parity_images=2, dynamic_batch=True)
-    here = os.getcwd()
-    os.chdir(str(cwd))
-    try:
-        path = build_bundle(options).out_dir
-    finally:
-        os.chdir(here)
-    return path, sorted(os.listdir(str(cwd)))
-
-
-@pytest.fixture(scope="module")
-def dynamic_bundle(built) -> str:
-    return built[0]
-
-
-def test_the_build_leaves_nothing_in_the_working_directory(built):
+def test_the_build_leaves_nothing_in_the_working_directory(dynamic_build):
     # ONNX Runtime's symbolic shape inference fails on a dynamic batch and dumps
     # sym_shape_infer_temp.onnx + <uuid>.data into the current directory.
-    assert built[1] == []
+    assert dynamic_build[1] == []
 
 
 def _manifest(bundle: str) -> dict:

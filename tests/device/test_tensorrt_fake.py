@@ -116,8 +116,10 @@ def make_fake_tensorrt(version: str, log: list):
     trt.nptype = lambda dt: np.dtype(dt).type
 
     class Tensor(object):
-        def __init__(self, dtype):
+        def __init__(self, dtype, name="", shape=()):
             self.dtype = dtype
+            self.name = name
+            self.shape = shape
 
     class Layer(object):
         def __init__(self, kind, dtype):
@@ -134,6 +136,7 @@ def make_fake_tensorrt(version: str, log: list):
             self.layers = []
             self.path = None
             self.num_inputs = 1
+            self.inputs = []
 
         @property
         def num_layers(self):
@@ -143,7 +146,7 @@ def make_fake_tensorrt(version: str, log: list):
             return self.layers[i]
 
         def get_input(self, i):
-            return Tensor("float32")
+            return self.inputs[i] if self.inputs else Tensor("float32")
 
     class OnnxParser(object):
         num_errors = 0
@@ -157,6 +160,9 @@ def make_fake_tensorrt(version: str, log: list):
                 kind = {"QuantizeLinear": "Q", "DequantizeLinear": "DQ"}.get(node.op_type, "X")
                 self.network.layers.append(Layer(kind, "float32"))
             self.network.path = path
+            # A symbolic dimension (a dynamic batch) is -1, as TensorRT reports it.
+            self.network.inputs = [Tensor("float32", i.name, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim))
+                                   for i in model.graph.input]
             return True
 
     class Config(object):
@@ -173,6 +179,17 @@ def make_fake_tensorrt(version: str, log: list):
         def set_memory_pool_limit(self, pool, size):
             self.pool = (pool, size)
 
+        def add_optimization_profile(self, profile):
+            log.append(("optimization profile", dict(profile.shapes)))
+            return 0
+
+    class Profile(object):
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
+
     class Builder(object):
         num_DLA_cores = 2
 
@@ -185,6 +202,9 @@ def make_fake_tensorrt(version: str, log: list):
 
         def create_builder_config(self):
             return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
 
         def build_serialized_network(self, network, config):
             if config.int8_calibrator is not None:
@@ -218,7 +238,8 @@ def make_fake_tensorrt(version: str, log: list):
             self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             ins, outs = self.session.get_inputs(), self.session.get_outputs()
             # Outputs first, as TensorRT may order them: the runner must not assume inputs lead.
-            self.io = [(o.name, False, o.shape) for o in outs] + [(i.name, True, i.shape) for i in ins]
+            dims = lambda shape: tuple(d if isinstance(d, int) else -1 for d in shape)
+            self.io = [(o.name, False, dims(o.shape)) for o in outs] + [(i.name, True, dims(i.shape)) for i in ins]
 
         # 8.x bindings
         @property
@@ -267,12 +288,34 @@ def make_fake_tensorrt(version: str, log: list):
             self.engine = engine
             self.addresses = {}
             self.profiler = None
+            self.batch = None  # set by set_input_shape on a dynamic-batch engine
+
+        def _resolved(self, shape):
+            if any(d < 0 for d in shape):
+                if self.batch is None:
+                    raise AssertionError("a dynamic shape was read before the input shape was set")
+                return (self.batch,) + tuple(shape[1:])
+            return tuple(shape)
+
+        def set_input_shape(self, name, shape):
+            if major < 10:
+                raise AttributeError("set_input_shape is TensorRT 10's")
+            self.batch = int(shape[0])
+            log.append(("input shape", tuple(shape)))
+            return True
+
+        def set_binding_shape(self, i, shape):
+            if major >= 10:
+                raise AttributeError("set_binding_shape was removed in TensorRT 10")
+            self.batch = int(shape[0])
+            log.append(("input shape", tuple(shape)))
+            return True
 
         def get_tensor_shape(self, name):
-            return self.engine.get_tensor_shape(name)
+            return self._resolved(self.engine.get_tensor_shape(name))
 
         def get_binding_shape(self, i):
-            return self.engine.get_binding_shape(i)
+            return self._resolved(self.engine.get_binding_shape(i))
 
         def set_tensor_address(self, name, ptr):
             self.addresses[name] = ptr
@@ -281,6 +324,7 @@ def make_fake_tensorrt(version: str, log: list):
             feeds = {}
             for name, is_input, shape in self.engine.io:
                 if is_input:
+                    shape = self._resolved(shape)
                     n = int(np.prod(shape))
                     feeds[name] = np.frombuffer((ctypes.c_float * n).from_address(address_of(name)), dtype=np.float32).reshape(shape).copy()
             outputs = self.engine.session.run(None, feeds)
@@ -470,3 +514,46 @@ def test_profile_layers_through_the_iprofiler(version, fake_tensorrt, scored_bun
     # a context of its own: the timed context never had the profiler
     profiled = {entry[1] for entry in log if entry[0] == "profiled run"}
     assert len(profiled) == len(result["runs"]) and sum(1 for e in log if e[0] == "profiled run") == 23 * len(result["runs"])
+
+
+@pytest.mark.parametrize("version", ["8.5.2.2", "10.3.0"])
+def test_tensorrt_times_every_batch_of_a_dynamic_batch_bundle(version, fake_tensorrt, dynamic_bundle, tmp_path):
+    # It used to skip every size above 1 ("the tensorrt backend times batch 1 only").
+    log, cuda = fake_tensorrt(version)
+    options = Options(command="bench", backend="tensorrt", variants=["fp32"], batch=[1, 4, 8], iterations=3, warmup=1,
+                      stage_images=1, engines_dir=str(tmp_path / "engines"), energy="off")
+    result = run_bundle(dynamic_bundle, options, info=dict(FAKE_INFO))
+    assert validate_result(result) == [] and result["ok"], result["errors"]
+    (run,) = result["runs"]
+    assert [(t["batch"], t["status"], t["iterations"]) for t in run["throughput"]] == [(1, "ok", 3), (4, "ok", 3), (8, "ok", 3)]
+    for entry in run["throughput"]:
+        assert entry["images_per_s"] == pytest.approx(entry["batch"] * 1000.0 / entry["latency_ms"]["mean"], rel=1e-3)
+    # one optimisation profile, min 1, opt = max = the largest batch asked, and the engine cached under that size
+    (profile,) = [entry[1] for entry in log if entry[0] == "optimization profile"]
+    ((name, (lo, opt, hi)),) = profile.items()
+    assert lo[0] == 1 and opt[0] == hi[0] == 8 and lo[1:] == hi[1:]
+    assert run["engine"]["max_batch"] == 8
+    # the context was given each batch's shape, then batch 1 again for what follows
+    shapes = [entry[1][0] for entry in log if entry[0] == "input shape"]
+    assert shapes[-3:] == [4, 8, 1], shapes
+    assert cuda.blocks == {}  # every buffer of every size was freed at close
+
+
+def test_tensorrt_refuses_a_batch_above_its_profile(fake_tensorrt, dynamic_bundle, tmp_path):
+    from edgekit.device.backends.base import CannotRun
+    from edgekit.device.backends.tensorrt_runner import TrtRunner
+    from edgekit.device.bundle import Bundle
+
+    fake_tensorrt("10.3.0")
+    bundle = Bundle.open(dynamic_bundle)
+    variant = [v for v in bundle.manifest["variants"] if v["precision"] == "fp32"][0]
+    shape = bundle.manifest["input"]["shape"]
+    runner = TrtRunner(bundle.path_of(variant["file"]), variant["file"], bundle.file_sha256(variant["file"]), "fp32",
+                       bundle.manifest["input"]["name"], shape, dict(FAKE_INFO), {}, engines_dir=str(tmp_path / "e"), max_batch=4)
+    try:
+        x = np.zeros([4] + list(shape[1:]), dtype=np.float32)
+        assert [o.shape[0] for o in runner.infer(x)] == [4] * len(runner.output_names)
+        with pytest.raises(CannotRun, match="batch of 1 to 4"):
+            runner.prepare(np.zeros([8] + list(shape[1:]), dtype=np.float32))
+    finally:
+        runner.close()
