@@ -84,7 +84,16 @@ def device_line(device: Dict[str, Any]) -> str:
 
 # render_result's columns by importance (indexes into its headers); variant, backend
 # and status are always shown.
-RESULT_IMPORTANCE = (3, 11, 12, 13, 5, 7, 4, 9, 6, 8, 10, 14)
+RESULT_IMPORTANCE = (3, 11, 12, 13, 5, 7, 15, 16, 4, 9, 6, 8, 10, 14)
+
+
+def _largest_batch(run: Dict[str, Any]) -> Tuple[Optional[int], Optional[float]]:
+    """(batch, images/s) of the largest --batch size that ran (run["throughput"])."""
+    done = [t for t in run.get("throughput") or [] if t.get("status") == "ok" and t.get("images_per_s") is not None]
+    if not done:
+        return None, None
+    top = max(done, key=lambda t: int(t.get("batch") or 0))
+    return int(top.get("batch") or 0), float(top["images_per_s"])
 
 
 def render_result(result: Dict[str, Any], width: Optional[int] = None) -> str:
@@ -95,8 +104,8 @@ def render_result(result: Dict[str, Any], width: Optional[int] = None) -> str:
         "device: %s" % device_line(result.get("device") or {}),
         "",
     ]
-    headers = ["variant", "backend", "status", "p50 ms", "p90 ms", "p99 ms", "mean ms", "fps", "pre ms", "infer ms", "post ms", "metric", "value", "drift", "peak MB"]
-    right = [False, False, False] + [True] * 8 + [False] + [True] * 3
+    headers = ["variant", "backend", "status", "p50 ms", "p90 ms", "p99 ms", "mean ms", "fps", "pre ms", "infer ms", "post ms", "metric", "value", "drift", "peak MB", "img/s", "mJ/inf"]
+    right = [False, False, False] + [True] * 8 + [False] + [True] * 5
     rows = []
     for run in result.get("runs") or []:
         lat = run.get("latency_ms") or {}
@@ -109,6 +118,7 @@ def render_result(result: Dict[str, Any], width: Optional[int] = None) -> str:
         if run.get("provider"):
             backend = "%s/%s" % (backend, str(run["provider"]).replace("ExecutionProvider", ""))
         drift = acc.get("drift")
+        batch, images_per_s = _largest_batch(run)
         drift_cell = "-" if drift is None else "%+.4f%s" % (drift, "" if acc.get("passed") is not False else " FAIL")
         rows.append(
             [
@@ -127,12 +137,25 @@ def render_result(result: Dict[str, Any], width: Optional[int] = None) -> str:
                 _fmt(stats.get(key) if key else None, 4),
                 drift_cell,
                 _fmt(mem.get("peak_rss_mb"), 0),
+                "-" if images_per_s is None else "%.1f (b%d)" % (images_per_s, batch),
+                _fmt(((run.get("energy") or {}).get("total") or {}).get("mj_per_inference"), 1),
             ]
         )
-    table, left_out = fit(headers, rows, right, RESULT_IMPORTANCE, width or terminal_width())
+    # img/s and mJ/inf only when some run has them (bench --batch, a board with power monitors).
+    drop = {i for i in (15, 16) if all(r[i] == "-" for r in rows)}
+    keep = [i for i in range(len(headers)) if i not in drop]
+    importance = [keep.index(i) for i in RESULT_IMPORTANCE if i in keep]
+    headers, right = [headers[i] for i in keep], [right[i] for i in keep]
+    rows = [[r[i] for i in keep] for r in rows]
+    table, left_out = fit(headers, rows, right, importance, width or terminal_width())
     lines.append(table)
     if left_out:
         lines.append("(not shown at this width: %s; --json has everything)" % ", ".join(left_out))
+    shown = [h for h in headers if h not in left_out]
+    if "img/s" in shown:
+        lines.append("img/s: images per second at the largest --batch timed (bN), batch x 1000 / mean batched latency; fps: batch 1")
+    if "mJ/inf" in shown:
+        lines.append("mJ/inf: energy per inference, total power rail, idle included (--json: per rail and above idle)")
     problems = [(r.get("variant"), r.get("error")) for r in result.get("runs") or [] if r.get("error")]
     if problems or result.get("errors") or result.get("warnings"):
         lines.append("")

@@ -4,7 +4,7 @@ from typing import List, Optional, Tuple
 import click
 
 from ..report.make import DEFAULT_OUT, make_report
-from ..report.table import column_names, fit_columns, rich_pivots, rich_table, table_width
+from ..report.table import column_names, column_notes, fit_columns, rich_pivots, rich_table, table_width
 from ..report.writers import csv_text, json_text, markdown
 
 FORMATS = ("table", "md", "csv", "json")
@@ -61,7 +61,9 @@ def report(
         width = None
         console = Console(width=max(80, table_width(rep.rows, fit_columns(rep.rows, names=names)[0]) + 1))
     console.print(rich_table(rep.rows, width=width, names=names))
-    _shown, hidden = fit_columns(rep.rows, width=width, names=names)
+    shown, hidden = fit_columns(rep.rows, width=width, names=names)
+    for note in column_notes(rep.rows, [attr for attr, _h, _f in shown]):
+        console.print(note, highlight=False, soft_wrap=True)
     if hidden:
         console.print(
             "not shown at %d columns: %s (widen the terminal, pick with --columns, or use --format md|csv|json)"

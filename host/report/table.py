@@ -202,6 +202,30 @@ def build_rows(results: Sequence[LoadedResult], baseline: Optional[str] = None) 
     return ordered
 
 
+def column_notes(rows: Sequence[Row], shown: Optional[Sequence[str]] = None) -> List[str]:
+    """One line per shown column whose figure needs its definition next to it (img/s, mJ/inf).
+
+    ``shown``: the attributes on screen (None: every column that has a value).
+    """
+    def wanted(attr: str) -> bool:
+        return (shown is None or attr in shown) and any(getattr(r, attr) is not None for r in rows)
+
+    notes = []
+    if wanted("img_s"):
+        batches = sorted({r.img_s_batch for r in rows if r.img_s is not None and r.img_s_batch})
+        notes.append(
+            "img/s: images per second at each variant's largest batch timed (here batch %s; agent --batch), batch x 1000 / mean latency "
+            "of one batched inference, like trtexec's throughput; FPS is 1000 / mean batch-1 latency"
+            % ", ".join(str(b) for b in batches)
+        )
+    if wanted("mj_per_inf"):
+        notes.append(
+            "mJ/inf: energy per inference on the board's total power rail during the timed loop (watts x loop seconds / "
+            "inferences), idle baseline included; the result's energy block has it per rail and above idle"
+        )
+    return notes
+
+
 def cell(row: Row, attr: str, fmt: str) -> str:
     value = getattr(row, attr)
     if value is None:

@@ -7,7 +7,7 @@ import os
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from edgekit.contract.errors import EdgekitError
-from .table import COLUMNS, PIVOTS, Row, cell, pivot, used_columns
+from .table import COLUMNS, PIVOTS, Row, cell, column_notes, pivot, used_columns
 
 
 def _write_atomic(path: str, write: Callable[[io.StringIO], None]) -> str:
@@ -41,6 +41,7 @@ def markdown(rows: Sequence[Row], title: Optional[str] = None) -> str:
         "Latency: inference only (p50/p99, FPS = 1000 / mean); pre/infer/post: mean per image on real images; "
         "drift: device mAP minus the host's; x base and d mAP: against the first row of each target.",
     ]
+    notes += ["", *column_notes(rows)] if column_notes(rows) else []
     if len({r.target for r in rows}) > 1:
         for attr, title, fmt in PIVOTS:
             if any(getattr(r, attr) is not None for r in rows):

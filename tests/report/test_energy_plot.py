@@ -50,6 +50,9 @@ def test_energy_plot_and_images_per_second_column(tmp_path):
     with open(os.path.join(str(tmp_path / "rep"), "report.md")) as f:
         md = f.read()
     assert "img/s" in md and "210.5" in md
+    # both figures are defined under the table, with the batch sizes behind img/s
+    assert "img/s: images per second at each variant's largest batch timed (here batch 1, 8;" in md
+    assert "mJ/inf: energy per inference on the board's total power rail" in md
     fig = energy_figure(rep.rows)
     ax = fig.axes[0]
     assert ax.get_xlabel().startswith("energy per inference (mJ")
@@ -70,3 +73,19 @@ def test_no_energy_no_energy_plot(tmp_path):
     assert "latency_vs_map.png" in written and "energy_vs_map.png" not in written
     assert not os.path.exists(os.path.join(str(tmp_path / "rep"), "energy_vs_map.png"))
     assert all(r.img_s is None for r in rep.rows)
+    with open(os.path.join(str(tmp_path / "rep"), "report.md")) as f:
+        md = f.read()
+    assert "img/s:" not in md and "mJ/inf:" not in md  # no note for a column that is not there
+
+
+def test_the_terminal_notes_only_the_columns_it_shows(tmp_path):
+    from edgekit.host.report.make import make_report
+    from edgekit.host.report.table import column_notes
+
+    root = str(tmp_path / "results")
+    _write(root, "orin", "demo", {"fp32": (0.75, 42.5, _batches((1, 90.0), (4, 150.0)))})
+    rows = make_report([root], out_dir=str(tmp_path / "rep"), plots=False).rows
+    assert [n.split(":")[0] for n in column_notes(rows)] == ["img/s", "mJ/inf"]
+    assert "(here batch 4;" in column_notes(rows)[0]
+    assert [n.split(":")[0] for n in column_notes(rows, ["target", "variant", "img_s"])] == ["img/s"]
+    assert column_notes(rows, ["target", "variant", "p50_ms"]) == []

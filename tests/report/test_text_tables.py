@@ -37,6 +37,30 @@ def test_result_table_fits_and_keeps_key_numbers(width):
         assert "not shown at this width" in text and "--json has everything" in text
 
 
+def test_result_table_shows_images_per_second_and_energy_only_when_measured():
+    plain = render_result(_result(), width=200)
+    assert "img/s" not in plain and "mJ/inf" not in plain  # a bench without --batch on a board without power monitors
+    result = _result()
+    fp32 = result["runs"][0]
+    fp32["throughput"] = [
+        {"batch": 1, "status": "ok", "images_per_s": 24.2},
+        {"batch": 8, "status": "ok", "images_per_s": 61.75},
+        {"batch": 16, "status": "skipped", "images_per_s": None},
+    ]
+    fp32["energy"] = {"total": {"mj_per_inference": 212.34}}
+    text = render_result(result, width=200)
+    header, _sep, row, other = [line for line in text.splitlines() if line.startswith(("variant", "---", "fp32", "p30-int8"))][:4]
+    assert "img/s" in header.split() and "mJ/inf" in header.split()
+    # the largest batch that ran (16 was skipped), with its size; the other run has neither
+    assert "61.8 (b8)" in row and "212.3" in row.split()
+    assert other.split()[-2:] == ["-", "-"]
+    assert "img/s: images per second at the largest --batch timed" in text and "mJ/inf: energy per inference" in text
+    narrow = render_result(result, width=80)
+    header80 = [line for line in narrow.splitlines() if line.startswith("variant")][0].split()
+    for column in ("img/s", "mJ/inf"):  # a note only for a column on screen
+        assert (column + ":" in narrow) == (column in header80), narrow
+
+
 def _doctor():
     fix = "install TensorRT from JetPack: sudo apt-get install nvidia-tensorrt python3-libnvinfer (then re-run doctor)"
     return {"ok": False, "checks": [
