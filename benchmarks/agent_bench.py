@@ -7,7 +7,12 @@
    runs) against a bare ``InferenceSession.run`` loop on the same model and
    input. Rounds alternate between the two so that machine noise hits both.
    Goal: within 2 %.
-2. Postprocess cost: decode + NMS of a YOLOv5s-size output (1, 25200, 85) at
+2. Per-layer profile (--profile-layers) on the demo architecture, 1 thread:
+   the summed node means of ONNX Runtime's profiler against the timed loop's
+   mean inference (goal: within 15 %), and how far each op type's share moves
+   between two profiles of the same model (stated bound: 5 points). Timed loop
+   and the two profiles alternate, so that load hits them alike.
+3. Postprocess cost: decode + NMS of a YOLOv5s-size output (1, 25200, 85) at
    score 0.001 / IoU 0.6 / 300 detections (mAP settings), against the CPU
    inference time of a YOLOv5s-size model (the demo architecture at YOLOv5s
    widths, 80 classes, 640x640). Goal: under 5 % of inference.
@@ -136,6 +141,30 @@ def postprocess_ms(output, spec, repeats: int):
     return statistics.median(samples), len(boxes)
 
 
+def layer_coverage(model_path: str, size: int, rounds: int) -> None:
+    """Section 3: node-time coverage of the timed inference, and op-type share stability."""
+    x = np.random.default_rng(2).random((1, 3, size, size), dtype=np.float32)
+    runner = OrtRunner(model_path, "model.onnx", "fp32", "images", [1, 3, size, size], threads=1)
+    runner.prepare(x)
+    measure(runner.timed_step, warmup=10, iterations=1)
+    timed, nodes, shares = [], [], []  # type: list, list, list
+    for _ in range(rounds):
+        samples, _warm, _wall = measure(runner.timed_step, warmup=0, iterations=50)
+        timed.append(statistics.fmean(samples))
+        layers = runner.profile_layers(x, warmup=5, runs=50)
+        nodes.append(layers["nodes_ms"])
+        shares.append({t["op_type"]: t["share"] for t in layers["by_op_type"]})
+    runner.close()
+    coverage = [n / t for n, t in zip(nodes, timed)]
+    moved = max(abs(a.get(k, 0.0) - b.get(k, 0.0)) * 100.0 for a, b in zip(shares, shares[1:]) for k in set(a) | set(b)) if rounds > 1 else 0.0
+    mid = statistics.median(coverage)
+    print("\n2. per-layer profile, demo 320x320, 1 thread, %d rounds of (50 timed runs, a 50-run profile)" % rounds)
+    print("timed mean ms (median of rounds) %.3f; summed node means %.3f; coverage median %.1f %% (range %.1f-%.1f %%), goal 85-115 %%: %s"
+          % (statistics.median(timed), statistics.median(nodes), mid * 100.0, min(coverage) * 100.0, max(coverage) * 100.0,
+             "ok" if 0.85 <= mid <= 1.15 else "MISSED"))
+    print("largest op-type share change between consecutive profiles: %.2f points (bound 5): %s" % (moved, "ok" if moved <= 5.0 else "MISSED"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and iterations")
@@ -165,6 +194,7 @@ def main() -> None:
         infer = statistics.median(bare_loop(session, {"images": x}, 3 if args.quick else 8))
         real_out = session.run(None, {"images": x})[0]
         assert real_out.shape == (1, 25200, 85), real_out.shape
+        layer_coverage(demo, 320, 3 if args.quick else 10)
 
     spec = PostprocessSpec("yolov5", score_threshold=0.001, iou_threshold=0.6, max_detections=300, class_names=[str(i) for i in range(80)])
     rng = np.random.default_rng(0)
@@ -173,7 +203,7 @@ def main() -> None:
         ("crowded (40 objects)", synthetic_yolov5_output(rng, objects=40, background=(-8.0, 2.0))),
         ("worst: all rows pass", synthetic_yolov5_output(rng, all_pass=True)),
     ]
-    print("\n2. decode + NMS of (1, 25200, 85) at score 0.001, IoU 0.6, 300 detections; YOLOv5s-size CPU inference %.1f ms" % infer)
+    print("\n3. decode + NMS of (1, 25200, 85) at score 0.001, IoU 0.6, 300 detections; YOLOv5s-size CPU inference %.1f ms" % infer)
     print("%-24s %11s %9s %12s %10s %8s" % ("output", "candidates", "kept", "decode+NMS", "% of infer", "goal"))
     for name, out in cases:
         candidates = int((out[0, :, 4] > spec.score_threshold).sum())
