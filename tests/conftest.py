@@ -58,3 +58,29 @@ def jetson_build(tmp_path_factory):
 def jetson_bundle(jetson_build) -> str:
     """Path of a complete demo bundle for the `jetson` profile."""
     return jetson_build.out_dir
+
+
+# Evaluation images of the dynamic-batch bundle: one full batch of 8.
+DYNAMIC_EVAL_IMAGES = 8
+
+
+@pytest.fixture(scope="session")
+def dynamic_build(tmp_path_factory):
+    """A demo cpu bundle (fp32, int8) exported with a dynamic batch: (bundle path, what the build left in its working directory)."""
+    from edgekit.host.bundle import BuildOptions, build_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "demo-cpu-dynamic"
+    cwd = tmp_path_factory.mktemp("cwd")
+    options = BuildOptions(profile="cpu", out=str(out), variants=["fp32", "int8"], calib_images=8, eval_images=DYNAMIC_EVAL_IMAGES, parity_images=2, dynamic_batch=True)
+    here = os.getcwd()
+    os.chdir(str(cwd))
+    try:
+        path = build_bundle(options).out_dir
+    finally:
+        os.chdir(here)
+    return path, sorted(os.listdir(str(cwd)))
+
+
+@pytest.fixture(scope="session")
+def dynamic_bundle(dynamic_build) -> str:
+    return dynamic_build[0]

@@ -13,8 +13,6 @@ import pytest
 AGENT_TIMEOUT = 300  # seconds; a test that hits it has found a hang
 # The untrained demo scores ~0 mAP; below this the mAP comparison would prove nothing.
 MIN_USEFUL_MAP = 0.05
-# Evaluation images of the dynamic-batch bundle: one full batch of 8.
-DYNAMIC_EVAL_IMAGES = 8
 
 
 class AgentRun(object):
@@ -186,28 +184,6 @@ def scored_bundle(cpu_bundle, tmp_path_factory) -> str:
     if (fp32.get("host_metrics") or {}).get("map", 0.0) >= MIN_USEFUL_MAP:
         return cpu_bundle
     return relabelled_bundle(cpu_bundle, str(tmp_path_factory.mktemp("agent") / "scored"))
-
-
-@pytest.fixture(scope="session")
-def dynamic_build(tmp_path_factory):
-    """A demo cpu bundle (fp32, int8) exported with a dynamic batch: (bundle path, what the build left in its working directory)."""
-    from edgekit.host.bundle import BuildOptions, build_bundle
-
-    out = tmp_path_factory.mktemp("bundles") / "demo-cpu-dynamic"
-    cwd = tmp_path_factory.mktemp("cwd")
-    options = BuildOptions(profile="cpu", out=str(out), variants=["fp32", "int8"], calib_images=8, eval_images=DYNAMIC_EVAL_IMAGES, parity_images=2, dynamic_batch=True)
-    here = os.getcwd()
-    os.chdir(str(cwd))
-    try:
-        path = build_bundle(options).out_dir
-    finally:
-        os.chdir(here)
-    return path, sorted(os.listdir(str(cwd)))
-
-
-@pytest.fixture(scope="session")
-def dynamic_bundle(dynamic_build) -> str:
-    return dynamic_build[0]
 
 
 @pytest.fixture(scope="session")
