@@ -12,7 +12,11 @@ one process) at 1 and 2 intra-op threads; each cell is the median over rounds
 of each round's median. The demo rows also get host mAP on the demo's
 validation set. Prints the machine, ONNX Runtime version and load average.
 
-    .venv/bin/python benchmarks/quant_bench.py [--models demo,yolov5s] [--calib-images 32] [--rounds 15] [--runs 5] [--profile-ops]
+    .venv/bin/python benchmarks/quant_bench.py [--models demo,demo-p50,yolov5s] [--calib-images 32] [--rounds 15] [--runs 5] [--profile-ops] [--gemm]
+
+``demo-p50`` is the demo pruned to 50 % fewer MACs (sensitivity, alignment 16)
+and recovered for PRUNED_RECOVER_SECONDS; ``--gemm`` adds the physical
+reference, int8 against fp32 GEMM throughput of this CPU.
 
 ``--profile-ops`` also prints, per variant, ONNX Runtime's profiler time by op
 type at 1 thread: sessions profiled interleaved, each node's 20th percentile
@@ -44,11 +48,37 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The 50 %-pruned demo: the cpu profile's alignment and the sensitivity strategy
+# (edgekit build's defaults), then a short distillation so that its mAP means something.
+PRUNED_RECOVER_SECONDS = 240.0
+
+
+def _pruned_demo():
+    import torch
+
+    from edgekit.host.demo import demo_data, load_demo_model, preprocess_spec
+    from edgekit.host.prune import PruneConfig, prune_model, recover
+    from edgekit.host.prune.run import calibration_tensors
+
+    base = load_demo_model()
+    calib = calibration_tensors(demo_data().calib_dir, preprocess_spec(), 32)
+    torch.manual_seed(0)
+    result = prune_model(base, calib[0], PruneConfig(strategy="sensitivity", target_macs=0.5, alignment=16), calib_images=calib, layout="yolov5")
+    assert result.report.ok, result.report.problems
+    stats = recover(result.model, base, calib, time_budget_s=PRUNED_RECOVER_SECONDS, layout="yolov5", device="cpu")
+    r = result.report
+    print("demo-p50: %.2fM -> %.2fM params, %.3f -> %.3f GMACs, recovered %s steps in %.0f s"
+          % (r.params_before / 1e6, r.params_after / 1e6, r.macs_before / 1e9, r.macs_after / 1e9, stats.get("steps"), PRUNED_RECOVER_SECONDS))
+    return result.model.eval()
+
+
 def _model(name: str):
     from edgekit.host.demo import load_demo_model
 
     if name == "demo":
         return load_demo_model(), (320, 320)
+    if name == "demo-p50":
+        return _pruned_demo(), (320, 320)
     sys.path.insert(0, HERE)
     from build_bench import yolov5s_size
 
@@ -181,6 +211,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--no-map", action="store_true")
     parser.add_argument("--profile-ops", action="store_true")
+    parser.add_argument("--gemm", action="store_true", help="also print the int8 against fp32 GEMM throughput of this CPU (the physical reference)")
     args = parser.parse_args(argv)
     print("machine: %s, %d logical CPUs, onnxruntime %s, python %s" % (_cpu_name(), os.cpu_count() or 0, ort.__version__, platform.python_version()))
     print("load average before: %.2f %.2f %.2f" % os.getloadavg())
@@ -188,7 +219,7 @@ def main(argv: List[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="edgekit-qbench-") as work:
         for name in args.models.split(","):
             paths = prepare(name, args.calib_images, work)
-            maps = {k: demo_map(p) for k, p in paths.items()} if name == "demo" and not args.no_map else {}
+            maps = {k: demo_map(p) for k, p in paths.items()} if name.startswith("demo") and not args.no_map else {}
             for threads in [int(t) for t in args.threads.split(",")]:
                 ms = interleaved_ms(paths, threads, args.rounds, args.runs)
                 rows.append((name, threads, ms, maps, os.getloadavg()[0]))
@@ -212,8 +243,61 @@ def main(argv: List[str]) -> int:
     for name, threads, ms, maps, load in rows:
         f, e, p = ms["fp32@p10"], ms["edgekit@p10"], ms["plain@p10"]
         print("| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f |" % (name, threads, f, e, p, e / p, e / f))
+    if args.gemm:
+        gemm_reference([int(t) for t in args.threads.split(",")], args.rounds)
     print("load average after: %.2f %.2f %.2f" % os.getloadavg())
     return 0
+
+
+def _matmul_graph(path: str, n: int, integer: bool) -> None:
+    """One (n x n) @ (n x n) product: float MatMul, or MatMulInteger (uint8 x int8 -> int32, MLAS's int8 GEMM)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if integer:
+        w = numpy_helper.from_array(rng.integers(-127, 128, (n, n)).astype(np.int8), "w")
+        node = helper.make_node("MatMulInteger", ["x", "w"], ["y"])
+        x_type, y_type = TensorProto.UINT8, TensorProto.INT32
+    else:
+        w = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "w")
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+        x_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("x", x_type, [n, n])], [helper.make_tensor_value_info("y", y_type, [n, n])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def gemm_reference(threads_list: List[int], rounds: int, n: int = 1024) -> None:
+    """The physical reference: int8 against fp32 GEMM throughput of this CPU through ONNX Runtime's MLAS kernels.
+
+    The ceiling of what int8 can gain on convolutions here (a conv is a GEMM
+    after im2col); interleaved like the model rows.
+    """
+    with tempfile.TemporaryDirectory(prefix="edgekit-gemm-") as work:
+        paths = {"fp32": os.path.join(work, "f.onnx"), "int8": os.path.join(work, "i.onnx")}
+        _matmul_graph(paths["fp32"], n, False)
+        _matmul_graph(paths["int8"], n, True)
+        feeds = {"fp32": np.random.default_rng(1).standard_normal((n, n)).astype(np.float32),
+                 "int8": np.random.default_rng(1).integers(0, 256, (n, n)).astype(np.uint8)}
+        print("")
+        print("GEMM reference: %dx%d @ %dx%d, ONNX Runtime MatMul (fp32) against MatMulInteger (u8 x s8 -> s32), medians of %d interleaved rounds" % (n, n, n, n, rounds))
+        print("")
+        print("| threads | fp32 ms | int8 ms | fp32 GFLOP/s | int8 GOP/s | int8 / fp32 time |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for threads in threads_list:
+            sessions = {k: _session(p, threads) for k, p in paths.items()}
+            times: Dict[str, List[float]] = {k: [] for k in paths}
+            for s_name, s in sessions.items():
+                s.run(None, {"x": feeds[s_name]})
+            for _ in range(rounds):
+                for k, s in sessions.items():
+                    t = time.perf_counter()
+                    for _ in range(3):
+                        s.run(None, {"x": feeds[k]})
+                    times[k].append((time.perf_counter() - t) * 1000.0 / 3)
+            f, i = statistics.median(times["fp32"]), statistics.median(times["int8"])
+            ops = 2.0 * n ** 3
+            print("| %d | %.2f | %.2f | %.1f | %.1f | %.2f |" % (threads, f, i, ops / f / 1e6, ops / i / 1e6, i / f))
 
 
 if __name__ == "__main__":
