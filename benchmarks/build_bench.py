@@ -102,9 +102,14 @@ def main(argv=None) -> int:
                     "| %s | %.2f | %.1f | %.1f | %s | %s |"
                     % (name, size, l["p50"], l["mean"], "%.3f" % hm["map"] if hm else "-", "%.3f" % hm["map50"] if hm else "-")
                 )
+            # What ONNX Runtime runs in float (runtime_float), not only what edgekit chose to keep float.
+            runtime = q.get("runtime_float") or {}
             print(
-                "\nint8/fp32 latency (p50): %.2fx; int8 SQNR %s dB; %d nodes kept float"
-                % (lat["int8"]["p50"] / lat["fp32"]["p50"], q["sqnr_db"], sum(len(u["nodes"]) for u in q["float_nodes"]))
+                "\nint8/fp32 latency (p50): %.2fx; int8 SQNR %s dB; %d nodes run float in ONNX Runtime (%s), "
+                "edgekit left %d decode-tail and %d mixed-precision nodes out of the QDQ graph"
+                % (lat["int8"]["p50"] / lat["fp32"]["p50"], q["sqnr_db"], int(runtime.get("float_nodes", 0)),
+                   ", ".join("%s %d" % kv for kv in sorted((runtime.get("by_op") or {}).items())) or "none",
+                   len(q["head_float"]["nodes"]), sum(len(u["nodes"]) for u in q["float_nodes"]))
             )
     return 0
 
