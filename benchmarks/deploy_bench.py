@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--size", type=float, default=50.0, help="the large file's size in MB (default 50)")
     parser.add_argument("--repeat", type=int, default=7, help="measurements per method and shape (default 7)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]  # what else the machine runs: the bench's own load shows in the one after
 
     from edgekit.host.deploy.agent import build_agent
 
@@ -125,8 +126,11 @@ def main() -> None:
                                       for _ in range(args.repeat))
         version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.split(",")[0]
         load = os.getloadavg()[0]
-        print("\nWhole commands over loopback SSH (%s, edgekit paramiko), median of %d interleaved runs, %d CPU cores, load %.1f\n"
-              % (version, args.repeat, os.cpu_count() or 0, load))
+        # Without bytecode caches every edgekit module is compiled again in every command.
+        pyc = "off (PYTHONDONTWRITEBYTECODE set)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on"
+        print("\nWhole commands over loopback SSH (%s, edgekit paramiko), median of %d interleaved runs, %d CPU cores, "
+              "1-min load %.1f before, %.1f after (the bench's own included); Python bytecode cache %s\n"
+              % (version, args.repeat, os.cpu_count() or 0, load_before, load, pyc))
         print("| shape | files | MB | scp -r s | edgekit first deploy s | edgekit/scp throughput | unchanged redeploy s |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for label, count, mb, s, e, ratio, a in table:

@@ -11,8 +11,8 @@ board with Python 3.6 gets as far as telling the host its version.
 Operations (request ``{"op": ...}``):
 
 ``probe``  {dir}: interpreter version, home, ``dir`` resolved and created, free bytes there and its mount point.
-``plan``   {root, files: {rel: [sha256, size]}, pool}: which files ``root`` already has
-           (hash checked), which are partly uploaded (size and sha256 of the request's
+``plan``   {root, files: {rel: [sha256, size]}, pool, rehash}: which files ``root`` already has
+           (hash checked, or known by the stat cache below unless ``rehash``), which are partly uploaded (size and sha256 of the request's
            ``writer``'s ``.NAME.SHA16.WRITER.partial``, copied from another writer's
            when that one is longer), which are missing. A missing file whose content
            exists in another bundle under ``pool`` is hard-linked (or copied) from it
@@ -32,15 +32,28 @@ Operations (request ``{"op": ...}``):
 ``wait``   {id, timeout}: wait for a started command: rc, stdout, stderr.
 
 ``root`` (and ``dir``) may start with ``~``: it is expanded here, on the board.
+
+The stat cache (``root/stat-cache.json``, like git's index or rsync's quick check):
+the sha256 of each file under ``root`` this helper hashed or received, with the
+file's size, mtime, ctime, inode and device at that moment. ``plan`` believes an
+entry only while all five are unchanged; any write, truncate, rename over, touch or
+chmod changes ctime (which no user can set back without setting the clock), so the
+file is hashed again. An entry made by hashing a file that changed in the same
+timestamp tick (its newest timestamp within ``RACY_NS`` of the check, 2 s on
+filesystems with whole-second stamps) is not believed: a write in that tick could
+leave the stat unchanged (git's "racy clean" case). What it cannot see, and the
+agent's own sha256 check before it uses a file still does: bytes changed under the
+filesystem (disk errors, raw device writes), a clock set back, an edited cache file,
+a write landing in the same tick as the helper's rename of a file it just received.
 """
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
+
+# shutil, subprocess and tempfile are imported where they are used: the helper's
+# start is on every deploy's path, and a plan or an upload needs none of them.
 
 CHUNK = 1 << 20
 
@@ -60,6 +73,140 @@ def sha256_of(path, limit=None):
             if left is not None:
                 left -= len(block)
     return digest.hexdigest()
+
+
+STAT_CACHE_NAME = "stat-cache.json"
+STAT_CACHE_VERSION = 1
+# How far a file's newest timestamp must lie before the moment its hash was taken for
+# the entry to be believed: more than one tick of the kernel's coarse clock (1-10 ms,
+# what ext4, xfs, btrfs and tmpfs stamp with) ...
+RACY_NS = 50 * 1000 * 1000
+# ... or, where the stamps are whole seconds (ext3, FAT's 2 s, some network mounts), 2 s.
+RACY_COARSE_NS = 2 * 1000 * 1000 * 1000
+
+
+def _now_ns():
+    return int(time.time() * 1e9)  # time.time_ns is 3.7+
+
+
+def _stat_key(st):
+    """What must not change for a cached hash to be believed."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _coarse(key):
+    return key[1] % 1000000000 == 0 and key[2] % 1000000000 == 0
+
+
+class StatCache(object):
+    """sha256 of files under ``root`` by their stat (see the module's docstring).
+
+    Entries: {rel: [size, mtime_ns, ctime_ns, ino, dev, checked_ns, sha256]};
+    ``checked_ns``: when the hash was taken (None: the bytes were received and hashed
+    by this helper as it wrote them). ``rehash``: believe no entry (still record)."""
+
+    def __init__(self, root, rehash=False):
+        self.root = root
+        self.path = os.path.join(root, STAT_CACHE_NAME)
+        self.rehash = rehash
+        self.entries = {}
+        self.touched = set()  # entries made by this helper: their files are there
+        self.dirty = False
+        self.hashed = 0  # files read and hashed in this helper (the tests count them)
+        try:
+            with open(self.path, "r") as f:
+                data = json.load(f)
+            if data.get("version") == STAT_CACHE_VERSION and isinstance(data.get("entries"), dict):
+                self.entries = data["entries"]
+        except (OSError, IOError, ValueError, AttributeError):
+            pass  # no cache, or a damaged one: every file is hashed
+
+    def _believed(self, rel, key):
+        entry = self.entries.get(rel)
+        if self.rehash or not isinstance(entry, list) or len(entry) != 7 or entry[:5] != key:
+            return None
+        checked = entry[5]
+        if checked is not None and max(key[1], key[2]) + (RACY_COARSE_NS if _coarse(key) else RACY_NS) >= checked:
+            return None  # racy: it may have changed in the tick it was hashed in
+        return entry[6]
+
+    def _rel(self, path):
+        rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+        return None if rel == os.pardir or rel.startswith(os.pardir + "/") else rel
+
+    def sha256(self, path):
+        """sha256 of ``path``: from the cache when its stat is unchanged."""
+        rel = self._rel(path)
+        if rel is None:  # outside the root: not this cache's
+            return sha256_of(path)
+        key = _stat_key(os.stat(path))
+        sha = self._believed(rel, key)
+        if sha is not None:
+            return sha
+        checked = _now_ns()
+        sha = sha256_of(path)
+        self.hashed += 1
+        after = _stat_key(os.stat(path))
+        if after == key:  # else it changed while being read: not recorded
+            self.entries[rel] = key + [checked, sha]
+            self.touched.add(rel)
+        else:
+            self.entries.pop(rel, None)
+        self.dirty = True
+        return sha
+
+    def received(self, path, sha, written):
+        """``path`` was just renamed into place holding bytes this helper hashed as it
+        wrote them; ``written``: the key of its descriptor after the last write."""
+        rel = self._rel(path)
+        if rel is None:
+            return
+        key = _stat_key(os.stat(path))
+        # Same file, same bytes (the rename changed only its ctime); whole-second
+        # stamps are left to the next plan, which hashes it under the racy rule.
+        if key[0] == written[0] and key[1] == written[1] and key[3:] == written[3:] and not _coarse(key):
+            self.entries[rel] = key + [None, sha]
+            self.touched.add(rel)
+        else:
+            self.entries.pop(rel, None)
+        self.dirty = True
+
+    def save(self, writer=None):
+        """Replace the cache file (its own temporary name: concurrent deploys' saves
+        never mix; the last one wins, and a lost entry only costs a hash)."""
+        if not self.dirty:
+            return
+        self.dirty = False
+        kept = {}
+        for rel, entry in self.entries.items():
+            try:
+                if rel in self.touched or os.path.isfile(safe_join(self.root, rel)):
+                    kept[rel] = entry  # entries of files that are gone are dropped
+            except ValueError:
+                continue
+        tmp = "%s.%s.partial" % (self.path, writer or os.getpid())
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"version": STAT_CACHE_VERSION, "entries": kept}, f, separators=(",", ":"))
+            os.rename(tmp, self.path)
+        except (OSError, IOError):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+_caches = {}
+
+
+def stat_cache(root, rehash=False):
+    """One cache per root for this helper (one deploy)."""
+    cache = _caches.get(root)
+    if cache is None:
+        cache = _caches[root] = StatCache(root, rehash)
+    elif rehash:
+        cache.rehash = True
+    return cache
 
 
 def partial_name(path, sha, writer=None):
@@ -113,6 +260,8 @@ def _resume_from(path, sha, size, own, stale_s):
         return None
     best = usable[0][0]
     if best != own:
+        import shutil
+
         try:
             shutil.copyfile(best, own)
         except (OSError, IOError):
@@ -196,40 +345,60 @@ def _place(src, dst, writer):
     try:
         os.link(src, tmp)
     except OSError:
+        import shutil
+
         shutil.copyfile(src, tmp)
     os.rename(tmp, dst)
+
+
+def _has_partials(folder, memo):
+    """Whether ``folder`` held any partial file when the plan first looked (one
+    listing per folder, not one per file: 250 images share one folder)."""
+    if folder not in memo:
+        try:
+            memo[folder] = any(name.endswith(".partial") for name in os.listdir(folder))
+        except OSError:
+            memo[folder] = False
+    return memo[folder]
 
 
 def plan(req):
     root = board_path(req["root"])
     writer = req.get("writer")
     stale_s = float(req.get("stale_s") or 600)
+    cache = stat_cache(root, bool(req.get("rehash")))
     have, missing, partial, reused = [], [], {}, []
     index = None
-    for rel, (sha, size) in sorted(req["files"].items()):
-        path = safe_join(root, rel)
-        if os.path.isfile(path) and os.path.getsize(path) == size and sha256_of(path) == sha:
-            have.append(rel)
-            _remove_stale(_partials_of(path, sha), stale_s)
-            continue
-        folder = os.path.dirname(path)
-        try:
-            os.makedirs(folder)
-        except OSError:
-            if not os.path.isdir(folder):  # a concurrent deploy may have made it first
-                raise
-        if index is None:
-            index = _pool_index(board_path(req["pool"]) if req.get("pool") else None)
-        source = index.get(sha)
-        if source and os.path.isfile(source[0]) and os.path.getsize(source[0]) == size and sha256_of(source[0]) == sha:
-            _place(source[0], path, writer)
-            reused.append(rel)
-            continue
-        got = _resume_from(path, sha, size, partial_name(path, sha, writer), stale_s)
-        if got is not None:
-            partial[rel] = got
-        missing.append(rel)
-    return {"have": have, "missing": missing, "partial": partial, "reused": reused}
+    listed = {}
+    hashed = cache.hashed
+    try:
+        for rel, (sha, size) in sorted(req["files"].items()):
+            path = safe_join(root, rel)
+            if os.path.isfile(path) and os.path.getsize(path) == size and cache.sha256(path) == sha:
+                have.append(rel)
+                if _has_partials(os.path.dirname(path), listed):
+                    _remove_stale(_partials_of(path, sha), stale_s)
+                continue
+            folder = os.path.dirname(path)
+            try:
+                os.makedirs(folder)
+            except OSError:
+                if not os.path.isdir(folder):  # a concurrent deploy may have made it first
+                    raise
+            if index is None:
+                index = _pool_index(board_path(req["pool"]) if req.get("pool") else None)
+            source = index.get(sha)
+            if source and os.path.isfile(source[0]) and os.path.getsize(source[0]) == size and cache.sha256(source[0]) == sha:
+                _place(source[0], path, writer)
+                reused.append(rel)
+                continue
+            got = _resume_from(path, sha, size, partial_name(path, sha, writer), stale_s)
+            if got is not None:
+                partial[rel] = got
+            missing.append(rel)
+    finally:
+        cache.save(writer)
+    return {"have": have, "missing": missing, "partial": partial, "reused": reused, "hashed": cache.hashed - hashed}
 
 
 class StreamEnded(Exception):
@@ -258,7 +427,7 @@ def _refuse_links(root, path):
             raise ValueError("%s is a symbolic link" % rel)
 
 
-def _receive_one(stdin, root, writer, rel, sha, size, offset):
+def _receive_one(stdin, root, writer, rel, sha, size, offset, cache=None):
     """One member of the stream: None when it took its final name, else why not.
     Its bytes are always read whole, so the stream stays in step."""
     try:
@@ -296,8 +465,10 @@ def _receive_one(stdin, root, writer, rel, sha, size, offset):
             os.lseek(fd, offset, os.SEEK_SET)
     except (OSError, IOError, StreamEnded) as exc:
         failed.append(exc)
+    written = None
     try:
         _read_exact(stdin, size - offset, write)
+        written = _stat_key(os.fstat(fd))
     finally:
         os.close(fd)  # on StreamEnded what arrived stays in the partial file, for the next deploy to resume
     if failed or digest.hexdigest() != sha:
@@ -311,6 +482,11 @@ def _receive_one(stdin, root, writer, rel, sha, size, offset):
         os.rename(tmp, path)
     except OSError as exc:
         return "cannot rename: %s" % exc
+    if cache is not None:
+        try:
+            cache.received(path, sha, written)
+        except OSError:
+            pass  # replaced or removed since: the next plan hashes whatever is there
     return None
 
 
@@ -347,12 +523,16 @@ def receive(req, stdin):
                 _read_exact(stdin, size - offset, lambda block: None)
             return {"ok": [], "bad": [], "no_room": room}
     ok, bad = [], []
-    for rel, sha, size, offset in members:
-        why = _receive_one(stdin, root, writer, rel, sha, size, offset)
-        if why is None:
-            ok.append(rel)
-        else:
-            bad.append([rel, why])
+    cache = stat_cache(root)
+    try:
+        for rel, sha, size, offset in members:
+            why = _receive_one(stdin, root, writer, rel, sha, size, offset, cache)
+            if why is None:
+                ok.append(rel)
+            else:
+                bad.append([rel, why])
+    finally:
+        cache.save(writer)  # what arrived whole is known, even when the stream was cut
     return {"ok": ok, "bad": bad}
 
 
@@ -360,6 +540,9 @@ _started = {}
 
 
 def _launch(argv):
+    import subprocess
+    import tempfile
+
     out = tempfile.TemporaryFile()
     err = tempfile.TemporaryFile()
     try:
@@ -370,10 +553,13 @@ def _launch(argv):
     return proc, out, err
 
 
-def _ready(needs):
+def _ready(needs, root=None):
+    cache = stat_cache(board_path(root)) if root else None
     for path, sha in (needs or {}).items():
-        if not (os.path.isfile(path) and sha256_of(path) == sha):
+        if not (os.path.isfile(path) and (cache.sha256(path) if cache else sha256_of(path)) == sha):
             return False
+    if cache is not None:
+        cache.save()
     return True
 
 
@@ -381,11 +567,13 @@ def start(req):
     """``needs`` {path: sha256}: files the command reads. When one is not (yet) in place
     with that content, the command starts at ``wait`` instead, after what came between."""
     key = str(len(_started) + 1)
-    _started[key] = _launch(req["argv"]) if _ready(req.get("needs")) else req["argv"]
+    _started[key] = _launch(req["argv"]) if _ready(req.get("needs"), req.get("root")) else req["argv"]
     return {"id": key}
 
 
 def wait(req):
+    import subprocess
+
     entry = _started.pop(req["id"])
     proc, out, err = _launch(entry) if isinstance(entry, list) else entry
     rc, note = 127, ""
@@ -422,6 +610,8 @@ def clean(req):
 
 
 def run(req):
+    import subprocess
+
     try:
         proc = subprocess.Popen(req["argv"], stdin=subprocess.DEVNULL if hasattr(subprocess, "DEVNULL") else None,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -436,9 +626,25 @@ def run(req):
     return {"rc": proc.returncode, "stdout": out.decode("utf-8", "replace"), "stderr": err.decode("utf-8", "replace")}
 
 
+def _widen_pipe(fd):
+    """Ask for a 1 MiB pipe from sshd instead of 64 kB (Linux): the upload then wakes
+    this helper and sshd a sixteenth as often per byte. Anything else: left as it is."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import fcntl
+        import stat
+
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError, IOError, ValueError):
+        pass  # above the system's pipe-max-size, or not a pipe: the default works
+
+
 def main():
     ops = {"probe": probe, "plan": plan, "clean": clean, "run": run, "start": start, "wait": wait}
     stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    _widen_pipe(stdin.fileno() if hasattr(stdin, "fileno") else 0)
     try:
         while True:
             line = stdin.readline()

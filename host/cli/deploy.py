@@ -1,12 +1,45 @@
 """`edgekit deploy`: bundle to boards (or local), measure there, results home."""
+import importlib
+import importlib.util
 import json
 import os
 import sys
-from typing import List, Optional, Tuple
+import types
+from typing import Any, List, Optional, Tuple
 
 import click
 
-from ..deploy.fleet import DEFAULT_JOBS
+
+class _DeferredModule(types.ModuleType):
+    """Stands in for a module until one of its attributes is first asked for."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):  # the import system's own questions (__spec__, __path__): not a use
+            raise AttributeError(attr)
+        real = sys.modules.get(self.__name__)
+        if real is self or real is None:  # None: an earlier load failed; fail the same way again
+            sys.modules.pop(self.__name__, None)
+            real = importlib.import_module(self.__name__)
+        return getattr(real, attr)
+
+
+def _defer_invoke() -> None:
+    """paramiko.config imports invoke (which brings yaml, asyncio and unittest.mock:
+    about a fifth of this command's start) only for an SSH config's ``Match exec``.
+    With a stand-in bound before paramiko loads, invoke loads on its first use."""
+    if "invoke" in sys.modules or "paramiko" in sys.modules:
+        return
+    try:
+        found = importlib.util.find_spec("invoke") is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:  # else paramiko records the ImportError itself, as without us
+        sys.modules["invoke"] = _DeferredModule("invoke")
+
+
+_defer_invoke()
+
+from ..deploy.fleet import DEFAULT_JOBS  # after _defer_invoke: it must run before paramiko loads
 from ..deploy.pipeline import DEFAULT_REMOTE_DIR, DeployOptions, DeployOutcome
 from ..deploy.results import DEFAULT_RESULTS_DIR
 from ..deploy.ssh import SSHOptions
@@ -34,6 +67,7 @@ from edgekit.contract.errors import EdgekitError
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=DEFAULT_JOBS, show_default=True, help="Targets worked on at once.")
 @click.option("--sync-only", is_flag=True, help="Preflight, sync and doctor; do not run the agent.")
 @click.option("--skip-doctor", is_flag=True, help="Do not ask the agent's doctor first.")
+@click.option("--rehash", is_flag=True, help="Hash every file already on the board again, instead of believing its stat cache for files unchanged since.")
 @click.option("--agent", "agent_file", type=click.Path(dir_okay=False), help="A prebuilt edgekit-agent.pyz (default: built from this edgekit).")
 @click.option("--variant", "variants", multiple=True, help="Only this variant (repeatable).")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), help="Agent backend (default: the profile's).")
@@ -64,6 +98,7 @@ def deploy(
     jobs: int,
     sync_only: bool,
     skip_doctor: bool,
+    rehash: bool,
     agent_file: Optional[str],
     variants: Tuple[str, ...],
     backend: Optional[str],
@@ -116,6 +151,7 @@ def deploy(
         results_dir=results_dir,
         run=not sync_only,
         doctor=not skip_doctor,
+        rehash=rehash,
         agent=AgentCall(variants, backend, warmup, iterations, max_drift, max_images, profile_layers=profile_layers, batch=_batch_sizes(batch)),
         run_timeout=run_timeout,
     )

@@ -27,7 +27,9 @@ class RemoteHelper(object):
         self.host = host
         self.python = python
         self.idle_timeout = idle_timeout
-        self.proc = host.spawn([python, "-c", helper_source()])
+        # -S: the helper is stdlib only, so the board's site-packages (.pth files, an
+        # editable install's finder) need not load: its start is on every deploy's path.
+        self.proc = host.spawn([python, "-S", "-c", helper_source()])
         self._closed = False
 
     def request(self, op: str, **fields: Any) -> Dict[str, Any]:

@@ -41,6 +41,7 @@ class DeployOptions:
     results_dir: str = DEFAULT_RESULTS_DIR
     run: bool = True  # False: preflight, sync and doctor only
     doctor: bool = True
+    rehash: bool = False  # the board hashes every file it has again, ignoring its stat cache
     agent: AgentCall = dataclasses.field(default_factory=AgentCall)  # what `agent run` is asked
     run_timeout: float = 3600.0
     doctor_timeout: float = 120.0
@@ -230,13 +231,15 @@ class _RemoteDoctor(object):
     """The agent's doctor, started by the helper in the background as soon as the
     agent and manifest are on the board, while the rest of the files travel."""
 
-    def __init__(self, helper: RemoteHelper, argv: List[str], needs: Dict[str, str], timeout: float, target: Target, events: DeployReporter) -> None:
+    def __init__(self, helper: RemoteHelper, argv: List[str], needs: Dict[str, str], timeout: float, target: Target, events: DeployReporter,
+                 root: Optional[str] = None) -> None:
         self.helper, self.argv, self.needs, self.timeout, self.target, self.events = helper, argv, needs, timeout, target, events
+        self.root = root  # the store whose stat cache knows the files just received
         self.id: Optional[str] = None
 
     def start(self) -> Callable[[], None]:
         """Queue the start (the sync's ``between``); what it returns reads the answer."""
-        self.helper.send("start", argv=self.argv, needs=self.needs)
+        self.helper.send("start", argv=self.argv, needs=self.needs, root=self.root)
         self.events.stage(self.target, "doctor", "while the files travel")
 
         def started() -> None:
@@ -265,7 +268,7 @@ def _sync_remote(host: SSHHost, helper: RemoteHelper, python: str, bundle: Local
     """Probe, plan, upload and verify (sync.Sync), with the doctor running alongside; returns the remote root."""
     files = deploy_files(bundle, agent_path, agent_sha)
     early = [agent_rel(agent_sha), "%s/%s" % (bundle_rel(bundle.manifest_sha256), MANIFEST_NAME)]
-    sync = Sync(host, helper, options.remote_dir, files, early=early, progress=_SyncEvents(outcome.target, len(files), stages, events))
+    sync = Sync(host, helper, options.remote_dir, files, early=early, progress=_SyncEvents(outcome.target, len(files), stages, events), rehash=options.rehash)
     doctor: Optional[_RemoteDoctor] = None
 
     def start_doctor() -> Callable[[], None]:
@@ -275,7 +278,7 @@ def _sync_remote(host: SSHHost, helper: RemoteHelper, python: str, bundle: Local
         argv = options.agent.doctor_argv(python, remote_agent, remote_bundle)
         # The helper starts it at once when agent and manifest are in place, else once the upload is done.
         needs = {remote_agent: agent_sha, posixpath.join(remote_bundle, MANIFEST_NAME): bundle.manifest_sha256}
-        doctor = _RemoteDoctor(helper, argv, needs, options.doctor_timeout, outcome.target, events)
+        doctor = _RemoteDoctor(helper, argv, needs, options.doctor_timeout, outcome.target, events, root=sync.root)
         return doctor.start()
 
     outcome.sync = sync.run(start_doctor if options.doctor else None)

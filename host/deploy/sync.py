@@ -84,6 +84,7 @@ class SyncPlan:
     resumed: List[str] = dataclasses.field(default_factory=list)  # rels that started as partial uploads
     sent: List[str] = dataclasses.field(default_factory=list)  # rels uploaded so far
     writer: str = dataclasses.field(default_factory=new_writer)  # names this plan's partial files
+    hashed: int = 0  # files the board read and hashed for this plan (the others: its stat cache)
 
     @property
     def bytes_to_send(self) -> int:
@@ -180,8 +181,9 @@ def _prefix_sha256(path: str, length: int) -> str:
     return digest.hexdigest()
 
 
-def _plan_request(root: str, files: Sequence[LocalFile], writer: str, stale_s: float) -> Dict[str, Any]:
-    return {"root": root, "files": {f.rel: [f.sha256, f.size] for f in files}, "pool": posixpath.join(root, "bundles"), "writer": writer, "stale_s": stale_s}
+def _plan_request(root: str, files: Sequence[LocalFile], writer: str, stale_s: float, rehash: bool = False) -> Dict[str, Any]:
+    return {"root": root, "files": {f.rel: [f.sha256, f.size] for f in files}, "pool": posixpath.join(root, "bundles"), "writer": writer,
+            "stale_s": stale_s, "rehash": rehash}
 
 
 def _read_plan(answer: Dict[str, Any], root: str, files: Sequence[LocalFile], writer: str) -> SyncPlan:
@@ -201,6 +203,7 @@ def _read_plan(answer: Dict[str, Any], root: str, files: Sequence[LocalFile], wr
         missing=[by_rel[r] for r in answer["missing"]],
         resume_at=resume_at,
         resumed=sorted(resume_at),
+        hashed=int(answer.get("hashed") or 0),
     )
 
 
@@ -241,11 +244,12 @@ class Sync(object):
     ``root`` is the absolute folder and ``probe`` the board's answer about it.
     ``early``: rels sent first (the agent and manifest: what the doctor needs);
     ``run(between)`` calls ``between`` once they are queued, so it can queue its own
-    helper requests (the doctor) to run while the rest travels.
+    helper requests (the doctor) to run while the rest travels. ``rehash``: the board
+    hashes every file it has again instead of believing its stat cache.
     """
 
     def __init__(self, host: Host, helper: RemoteHelper, remote_dir: str, files: Sequence[LocalFile], early: Sequence[str] = (),
-                 progress: Optional[SyncProgress] = None, writer: Optional[str] = None) -> None:
+                 progress: Optional[SyncProgress] = None, writer: Optional[str] = None, rehash: bool = False) -> None:
         if remote_dir.startswith("~") and remote_dir != "~" and not remote_dir.startswith("~/"):
             raise EdgekitError("--remote-dir %r: ~user paths are not supported" % remote_dir, "write the absolute path")
         self.host, self.helper, self.remote_dir = host, helper, remote_dir
@@ -253,6 +257,7 @@ class Sync(object):
         self.early = set(early)
         self.progress = progress or SyncProgress()
         self.writer = writer or new_writer()
+        self.rehash = rehash
         self.root = ""
         self.probe: Dict[str, Any] = {}
         self.plan: Optional[SyncPlan] = None
@@ -312,7 +317,7 @@ class Sync(object):
         # Queued at once: the helper's start on the board (a login shell) is paid once,
         # and the fresh files travel while it starts.
         self.helper.send("probe", dir=self.root)
-        self.helper.send("plan", **_plan_request(self.root, others, self.writer, self.helper.idle_timeout or 600.0))
+        self.helper.send("plan", **_plan_request(self.root, others, self.writer, self.helper.idle_timeout or 600.0, self.rehash))
         return fresh, others
 
     def _read_plan(self, others: Sequence[LocalFile], fresh_bytes: int) -> SyncPlan:

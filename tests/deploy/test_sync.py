@@ -164,6 +164,28 @@ def test_files_shared_with_another_bundle_are_reused_not_sent(session, synthetic
     assert stats.bytes_sent == MB + b.files[0].size
 
 
+def test_a_redeploy_hashes_nothing_unchanged_and_rehash_hashes_all(sshd, ssh_options, synthetic_bundle, agent_file, tmp_path, remote_python):
+    from edgekit.host.deploy.sync import Sync
+
+    bundle = load_local_bundle(synthetic_bundle("c", {"models/fp32.onnx": _random(MB, 7), "eval/x.jpg": _random(5000, 8)}))
+    root = _remote_root(tmp_path)
+    files = deploy_files(bundle, *agent_file)
+    (tmp_path / "ssh_config").write_text("")
+    hashed = []
+    for rehash in (False, False, True):  # first deploy, unchanged redeploy, forced full re-hash; a new connection each
+        conn = connect(parse_target(sshd.target, ssh_config=str(tmp_path / "ssh_config")), ssh_options)
+        host = SSHHost(conn)
+        try:
+            with RemoteHelper(host, remote_python) as helper:
+                run = Sync(host, helper, root, files, rehash=rehash)
+                stats = run.run()
+                hashed.append((stats.files_sent, stats.files_present, run.plan.hashed))
+        finally:
+            host.close()
+    # The first sends all (nothing to hash); the redeploy believes the stat cache; --rehash reads every file.
+    assert hashed == [(len(files), 0, 0), (0, len(files), 0), (0, len(files), len(files))]
+
+
 def test_preflight_checks_explain_the_fix():
     with pytest.raises(EdgekitError, match=r"Python 3\.6\.9 .* needs 3\.8") as info:
         check_probe({"python": [3, 6, 9], "dir": "/x"}, "orin", "python3")
