@@ -241,13 +241,18 @@ class _SendWatchdog(threading.Thread):
                 return
 
 
+# How often a wait for the helper's answer looks at the cancel event.
+READ_SLICE_S = 0.25
+
+
 class _SSHProcess(Process):
     def __init__(self, host: "SSHHost", argv: Sequence[str]) -> None:
         self.name = host.name
         self.argv = list(argv)
         self.chan = host.conn.transport.open_session(timeout=host.conn.options.connect_timeout)
         self.chan.exec_command(quote_command(argv))
-        self._out = self.chan.makefile("rb")
+        self._host = host  # its cancel event (Ctrl-C) is checked while waiting for a line
+        self._buf = bytearray()  # stdout read but not yet returned as lines
         self._err = bytearray()
         self._watchdog: Optional[_SendWatchdog] = None
 
@@ -309,11 +314,31 @@ class _SSHProcess(Process):
             self._watchdog = None
 
     def readline(self, timeout: Optional[float]) -> bytes:
-        self.chan.settimeout(timeout)
-        try:
-            return self._out.readline()
-        except socket.timeout:
-            raise CommandTimeout("%s went silent for %gs on %s" % (self.argv[0], timeout, self.name), "check the board (overloaded or hung?) and retry")
+        """One line; waits in short slices so that a Ctrl-C (the host's cancel event)
+        is seen within a fraction of a second, not after ``timeout`` (the doctor's wait
+        is up to two minutes). Own buffer, not paramiko's file: its readline drops the
+        part of a line it had read when a timeout interrupts it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buf[: end + 1])
+                del self._buf[: end + 1]
+                return line
+            check_cancel(self._host.cancel, self.name)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise CommandTimeout("%s went silent for %gs on %s" % (self.argv[0], timeout, self.name), "check the board (overloaded or hung?) and retry")
+            self.chan.settimeout(READ_SLICE_S if left is None else min(READ_SLICE_S, left))
+            try:
+                data = self.chan.recv(1 << 16)
+            except socket.timeout:
+                continue
+            if not data:  # stdout closed: the rest, then b""
+                line = bytes(self._buf)
+                self._buf.clear()
+                return line
+            self._buf += data
 
     def finish(self) -> "Tuple[int, str]":
         self._stop_watchdog()

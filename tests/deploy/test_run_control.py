@@ -89,3 +89,30 @@ def test_local_timeout_stops_the_process_group(tmp_path, remote_python):
         host.run([remote_python, "-c", SPAWNER, pids_file], timeout=2, stoppable=True)
     assert time.monotonic() - start < 10
     assert _wait_gone(_read_pids(pids_file))
+
+
+@pytest.mark.ssh
+def test_ctrl_c_is_seen_while_waiting_for_a_line_from_the_helper(ssh_host, remote_python):
+    # The doctor's answer is waited for with a 2-minute limit: a Ctrl-C then went
+    # unnoticed until the limit (the deploy hung after SIGINT under load).
+    proc = ssh_host.spawn([remote_python, "-c", "import time; time.sleep(30)"])
+    ssh_host.cancel = threading.Event()
+    threading.Timer(0.5, ssh_host.cancel.set).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Cancelled):
+            proc.readline(20.0)
+    finally:
+        proc.abort()
+    assert time.monotonic() - started < 5.0
+
+
+@pytest.mark.ssh
+def test_lines_split_across_packets_come_back_whole(ssh_host, remote_python):
+    code = "import sys, time; w = sys.stdout.write; w('ab'); sys.stdout.flush(); time.sleep(0.6); w('c\\nd\\ne'); sys.stdout.flush()"
+    proc = ssh_host.spawn([remote_python, "-c", code])
+    try:
+        # the silence between 'ab' and the rest is longer than a read slice: the half line is kept
+        assert [proc.readline(10.0), proc.readline(10.0), proc.readline(10.0), proc.readline(10.0)] == [b"abc\n", b"d\n", b"e", b""]
+    finally:
+        proc.abort()
