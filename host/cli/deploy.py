@@ -1,45 +1,12 @@
 """`edgekit deploy`: bundle to boards (or local), measure there, results home."""
-import importlib
-import importlib.util
 import json
 import os
 import sys
-import types
-from typing import Any, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import click
 
-
-class _DeferredModule(types.ModuleType):
-    """Stands in for a module until one of its attributes is first asked for."""
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("__"):  # the import system's own questions (__spec__, __path__): not a use
-            raise AttributeError(attr)
-        real = sys.modules.get(self.__name__)
-        if real is self or real is None:  # None: an earlier load failed; fail the same way again
-            sys.modules.pop(self.__name__, None)
-            real = importlib.import_module(self.__name__)
-        return getattr(real, attr)
-
-
-def _defer_invoke() -> None:
-    """paramiko.config imports invoke (which brings yaml, asyncio and unittest.mock:
-    about a fifth of this command's start) only for an SSH config's ``Match exec``.
-    With a stand-in bound before paramiko loads, invoke loads on its first use."""
-    if "invoke" in sys.modules or "paramiko" in sys.modules:
-        return
-    try:
-        found = importlib.util.find_spec("invoke") is not None
-    except (ImportError, ValueError):
-        found = False
-    if found:  # else paramiko records the ImportError itself, as without us
-        sys.modules["invoke"] = _DeferredModule("invoke")
-
-
-_defer_invoke()
-
-from ..deploy.fleet import DEFAULT_JOBS  # after _defer_invoke: it must run before paramiko loads
+from ..deploy.fleet import DEFAULT_JOBS
 from ..deploy.pipeline import DEFAULT_REMOTE_DIR, DeployOptions, DeployOutcome
 from ..deploy.results import DEFAULT_RESULTS_DIR
 from ..deploy.ssh import SSHOptions

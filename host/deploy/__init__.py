@@ -12,6 +12,10 @@ Small pieces, Fabric-like:
 * pipeline: one target end to end; fleet: many in a bounded thread pool; service: the library call
 * results: the host's store; events, display: what the user sees while it runs
 """
-from .service import deploy, find_latest_bundle
+from .lazy_invoke import defer_invoke
+
+defer_invoke()  # before any module of this package imports paramiko
+
+from .service import deploy, find_latest_bundle  # noqa: E402
 
 __all__ = ["deploy", "find_latest_bundle"]

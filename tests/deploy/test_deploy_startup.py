@@ -26,7 +26,7 @@ def test_an_ssh_config_match_exec_still_works_through_the_deferred_invoke(tmp_pa
     config.write_text('Match exec "true"\n  HostName 10.1.2.3\n  Port 2200\n')
     out = _run("""
         import sys
-        import edgekit.host.cli.deploy
+        import edgekit.host.deploy
         before = "invoke.tasks" in sys.modules
         from edgekit.host.deploy.targets import parse_target
         t = parse_target("board", ssh_config=%r)
