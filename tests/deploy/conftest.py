@@ -351,3 +351,14 @@ def make_sshd(tmp_path):
                 except OSError:
                     pass
         server.stop()
+
+
+@pytest.fixture
+def helper():
+    """The board-side helper as a deploy starts it, run here through LocalHost (same program and stdin protocol, no SSH)."""
+    from edgekit.host.deploy.helper import RemoteHelper
+    from edgekit.host.deploy.shell import LocalHost
+
+    h = RemoteHelper(LocalHost(), sys.executable, idle_timeout=30)
+    yield h
+    h.close()

@@ -19,13 +19,6 @@ def _sha(data):
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture
-def helper():
-    h = RemoteHelper(LocalHost(), sys.executable, idle_timeout=30)
-    yield h
-    h.close()
-
-
 def _receive(helper, root, files):
     helper.send("receive", root=root, writer="w1", files=[[rel, _sha(data), len(data), 0] for rel, data in files.items()])
     for data in files.values():

@@ -8,20 +8,11 @@ import sys
 import pytest
 
 from edgekit.contract.errors import EdgekitError
-from edgekit.host.deploy.helper import RemoteHelper
-from edgekit.host.deploy.shell import LocalHost
 from edgekit.host.deploy.sync import partial_name
 
 
 def _sha(data):
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def helper():
-    h = RemoteHelper(LocalHost(), sys.executable, idle_timeout=30)
-    yield h
-    h.close()
 
 
 def _stream(helper, root, members, payloads, writer="w1"):
