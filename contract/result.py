@@ -78,7 +78,7 @@ A run::
                      times the batch)}; the timed input is the bench input repeated batch times
 """
 import datetime
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ._version import __version__
 from .errors import EdgekitError
@@ -158,6 +158,20 @@ def finish(result: Dict[str, Any]) -> Dict[str, Any]:
         and all(r["status"] != "ok" or r.get("accuracy") is None or r["accuracy"].get("passed", True) is not False for r in runs)
     )
     return result
+
+
+def largest_batch(run: Dict[str, Any]) -> Tuple[Optional[int], Optional[float]]:
+    """(batch, images/s) of the largest ``--batch`` size that ran (``run["throughput"]``); (None, None) when none did.
+
+    One reading for the agent's table and the host's report.
+    """
+    entries = run.get("throughput")
+    done = [e for e in entries if isinstance(e, dict) and e.get("status") == "ok" and isinstance(e.get("images_per_s"), (int, float))
+            and not isinstance(e.get("images_per_s"), bool)] if isinstance(entries, list) else []
+    if not done:
+        return None, None
+    top = max(done, key=lambda e: int(e.get("batch") or 0))
+    return int(top.get("batch") or 0), float(top["images_per_s"])
 
 
 def validate_result(data: Any, where: str = "result") -> List[str]:

@@ -7,6 +7,8 @@ rather than letting lines wrap into an unreadable block.
 import shutil
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from edgekit.contract.result import largest_batch
+
 
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
@@ -87,15 +89,6 @@ def device_line(device: Dict[str, Any]) -> str:
 RESULT_IMPORTANCE = (3, 11, 12, 13, 5, 7, 15, 16, 4, 9, 6, 8, 10, 14)
 
 
-def _largest_batch(run: Dict[str, Any]) -> Tuple[Optional[int], Optional[float]]:
-    """(batch, images/s) of the largest --batch size that ran (run["throughput"])."""
-    done = [t for t in run.get("throughput") or [] if t.get("status") == "ok" and t.get("images_per_s") is not None]
-    if not done:
-        return None, None
-    top = max(done, key=lambda t: int(t.get("batch") or 0))
-    return int(top.get("batch") or 0), float(top["images_per_s"])
-
-
 def render_result(result: Dict[str, Any], width: Optional[int] = None) -> str:
     bundle = result.get("bundle") or {}
     sha = (bundle.get("manifest_sha256") or "")[:12]
@@ -118,7 +111,7 @@ def render_result(result: Dict[str, Any], width: Optional[int] = None) -> str:
         if run.get("provider"):
             backend = "%s/%s" % (backend, str(run["provider"]).replace("ExecutionProvider", ""))
         drift = acc.get("drift")
-        batch, images_per_s = _largest_batch(run)
+        batch, images_per_s = largest_batch(run)
         drift_cell = "-" if drift is None else "%+.4f%s" % (drift, "" if acc.get("passed") is not False else " FAIL")
         rows.append(
             [

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from edgekit.contract.errors import EdgekitError
+from edgekit.contract.result import largest_batch
 from .load import LoadedResult
 
 
@@ -91,16 +92,6 @@ def _num(value: Any) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _largest_batch(run: Dict[str, Any]) -> Tuple[Optional[int], Optional[float]]:
-    """(batch, images/s) of the largest batch size that ran (run["throughput"], bench --batch)."""
-    entries = run.get("throughput")
-    done = [e for e in entries if isinstance(e, dict) and e.get("status") == "ok" and _num(e.get("images_per_s")) is not None] if isinstance(entries, list) else []
-    if not done:
-        return None, None
-    top = max(done, key=lambda e: int(e.get("batch") or 0))
-    return int(top.get("batch") or 0), _num(top.get("images_per_s"))
-
-
 def _stage(run: Dict[str, Any], name: str) -> Optional[float]:
     stage = _get(run, "stages_ms", name)
     if isinstance(stage, dict):
@@ -128,6 +119,7 @@ def rows_for(result: LoadedResult) -> List[Row]:
         size = _num(fact.get("size_bytes"))
         params = _num(fact.get("params"))
         macs = _num(fact.get("macs"))
+        batch, images_per_s = largest_batch(run)
         rows.append(
             Row(
                 target=result.target,
@@ -144,8 +136,8 @@ def rows_for(result: LoadedResult) -> List[Row]:
                 mean_ms=_num(lat.get("mean")),
                 fps=_num(run.get("throughput_fps")),
                 mj_per_inf=_num(_get(run, "energy", "total", "mj_per_inference")),
-                img_s=_largest_batch(run)[1],
-                img_s_batch=_largest_batch(run)[0],
+                img_s=images_per_s,
+                img_s_batch=batch,
                 pre_ms=_stage(run, "preprocess"),
                 infer_ms=_stage(run, "inference"),
                 post_ms=_stage(run, "postprocess"),
