@@ -41,7 +41,11 @@ def _register() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    _register()
+    try:
+        _register()  # imports every command's modules: a Ctrl-C lands here too
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
     if argv is None:
         argv = sys.argv[1:]
     if "--debug" in argv:

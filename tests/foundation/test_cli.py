@@ -78,3 +78,17 @@ def test_unknown_command_is_a_usage_error():
     out = edgekit("frobnicate")
     assert out.returncode == 2
     assert "No such command" in out.stderr
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line_and_exit_130(monkeypatch, capsys):
+    # A Ctrl-C in the first ~0.3 s (the command modules' imports) printed a KeyboardInterrupt traceback.
+    from edgekit.host.cli import main as main_module
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main_module, "_register", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main_module.main(["deploy", "--help"])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
